@@ -1,0 +1,191 @@
+"""Coding many images with a VAE: independent chains, batched network calls, exact accounting.
+
+Image i goes to chain i % C at position i // C. Round t codes images t*C .. t*C+C-1, one per
+chain, so every network call is a batch over the chains active in that round; decoding runs the
+rounds backwards and feeds the networks exactly the same batches (SPEC §6.1). Consecutive images
+never share a chain's latent bits in a way that correlates them within one lane: each chain is
+its own ANS stack.
+
+Starting a chain: a chain starts empty. While a chain holds too few bits for the posterior pop
+(fewer than 24 bits per latent plus 64 would be a sure-safe amount), the encoder trial-pops on a
+clone; if the clone runs empty, that image is coded *plain* (z = the most probable posterior
+bucket, no bits back) and its index is recorded in the container. The bits not got back on
+plain images are reported as `initial_bits`: the one-time cost of starting chains. No pop ever
+reads from an empty coder, and decoding returns every chain to empty (its starting state).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import constriction
+import numpy as np
+import torch
+
+from .codec import AnsCoder, Bernoulli, Categorical, Codec, LatentBuckets, Message, Uniform, bits_back
+from .models import VAE
+
+PIXEL_CODECS = {"bernoulli": Bernoulli, "logistic": Categorical}
+DEFAULT_LATENT_BITS = 10
+_CAT = constriction.stream.model.Categorical(perfect=False)  # the posterior's family
+
+
+@dataclass
+class ChainLayout:
+    """Which image goes where. Pure function of (n_images, n_chains)."""
+
+    n_images: int
+    n_chains: int
+
+    @property
+    def n_rounds(self) -> int:
+        return -(-self.n_images // self.n_chains)
+
+    def round_images(self, t: int) -> np.ndarray:
+        return np.arange(t * self.n_chains, min((t + 1) * self.n_chains, self.n_images))
+
+
+@dataclass
+class Encoded:
+    chain_words: list[np.ndarray]          # per chain, uint32 words (AnsCoder.get_compressed())
+    plain_images: list[int]                # images coded without bits-back
+    ideal_bits: np.ndarray                 # (N,) -log2 p(x|z) - log2 p(z) + log2 q(z|x), z used
+    initial_bits: float                    # bits not got back on plain images
+    payload_bits: int                      # sum of the chains' valid bits
+
+    @property
+    def ideal_bits_total(self) -> float:
+        return float(self.ideal_bits.sum())
+
+
+def _log2_prob(table: np.ndarray, symbols: np.ndarray) -> np.ndarray:
+    """(B, n, K) unnormalised tables, (B, n) symbols -> (B,) summed log2 probabilities."""
+    p = np.take_along_axis(table, symbols[..., None].astype(np.int64), -1)[..., 0]
+    return (np.log2(p) - np.log2(table.sum(-1))).sum(-1)
+
+
+def _pixel_log2_prob(kind: str, params: np.ndarray, x: np.ndarray) -> np.ndarray:
+    if kind == "bernoulli":
+        return np.where(x == 1, np.log2(params), np.log2(1.0 - params)).sum(-1)
+    return _log2_prob(params, x)
+
+
+class _Round:
+    """The network-backed codecs of one round, with what the accounting needs stashed.
+
+    `plain` (lanes,) bool: lanes coded without bits-back. The encoder decides it (trial pops);
+    the decoder is told it by the container.
+    """
+
+    def __init__(self, model: VAE, buckets: LatentBuckets, plain: np.ndarray, decide_plain: bool):
+        self.model, self.buckets = model, buckets
+        self.plain, self.decide_plain = plain, decide_plain
+        self.kind = model.cfg.likelihood
+        self.D = model.cfg.latent_dim
+        self.safe_bits = 24 * self.D + 64
+        self.q_probs: np.ndarray | None = None
+        self.px_params: np.ndarray | None = None
+        self.codec = bits_back(Uniform(buckets.n, self.D), self.likelihood, self.posterior)
+
+    def likelihood(self, z_idx: np.ndarray) -> Codec:
+        with torch.inference_mode():
+            self.px_params = self.model.pixel_coder_params(self.buckets.values(z_idx))  # (B, P[, 256])
+        return PIXEL_CODECS[self.kind](self.px_params)
+
+    def posterior(self, x: np.ndarray) -> Codec:
+        with torch.inference_mode():
+            mu, sigma = self.model.posterior(torch.from_numpy(x))                      # (B, D) each
+        probs = self.buckets.posterior_probs(mu, sigma)                                  # (B, D, 2^k)
+        self.q_probs = probs
+
+        def pop(msg: Message):
+            z = probs.argmax(-1)                                  # plain lanes keep the mode
+            for lane, coder in enumerate(msg):
+                if self.plain[lane]:
+                    continue
+                if self.decide_plain and coder.num_valid_bits() < self.safe_bits:
+                    trial = coder.clone()
+                    trial.decode(_CAT, probs[lane])
+                    if trial.is_empty():                          # would read past the stack
+                        self.plain[lane] = True
+                        continue
+                z[lane] = coder.decode(_CAT, probs[lane])
+            return msg, z
+
+        def push(msg: Message, z: np.ndarray):
+            for lane, coder in enumerate(msg):
+                if not self.plain[lane]:
+                    coder.encode_reverse(z[lane].astype(np.int32), _CAT, probs[lane])
+            return msg
+
+        return Codec(push, pop)
+
+    def ideal_bits(self, x: np.ndarray, z_idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per lane: ideal net bits, and -log2 q(z|x) (the bits a plain image does not get back)."""
+        flat = x.reshape(x.shape[0], -1)
+        neg_log_px = -_pixel_log2_prob(self.kind, self.px_params, flat)
+        neg_log_q = -_log2_prob(self.q_probs, z_idx)
+        return neg_log_px + self.buckets.bits * self.D - neg_log_q, neg_log_q
+
+
+def encode_images(model: VAE, images: np.ndarray, n_chains: int, latent_bits: int = DEFAULT_LATENT_BITS,
+                  progress: Callable[[int], None] | None = None) -> Encoded:
+    """Code (N, H, W) uint8 pixels ({0,1} for binary models, 0..255 for 8-bit) into C chains."""
+    N = images.shape[0]
+    layout = ChainLayout(N, max(1, min(n_chains, N)))
+    buckets = LatentBuckets(latent_bits)
+    chains = [AnsCoder() for _ in range(layout.n_chains)]
+    ideal = np.zeros(N)
+    plain_images: list[int] = []
+    initial_bits = 0.0
+    model.eval()
+    for t in range(layout.n_rounds):
+        idx = layout.round_images(t)
+        x = np.ascontiguousarray(images[idx])
+        rnd = _Round(model, buckets, np.zeros(len(idx), bool), decide_plain=True)
+        msg = [chains[c] for c in range(len(idx))]
+        msg, z = _encode_round(rnd, msg, x)
+        bits, neg_log_q = rnd.ideal_bits(x, z)
+        ideal[idx] = bits
+        plain_images.extend(int(i) for i in idx[rnd.plain])
+        initial_bits += float(neg_log_q[rnd.plain].sum())
+        if progress:
+            progress(len(idx))
+    return Encoded(
+        chain_words=[c.get_compressed() for c in chains],
+        plain_images=sorted(plain_images),
+        ideal_bits=ideal,
+        initial_bits=initial_bits,
+        payload_bits=sum(int(c.num_valid_bits()) for c in chains),
+    )
+
+
+def _encode_round(rnd: _Round, msg: Message, x: np.ndarray):
+    """bits_back.push, keeping the popped latents for the accounting."""
+    msg, z = rnd.posterior(x).pop(msg)
+    msg = rnd.likelihood(z).push(msg, x.reshape(x.shape[0], -1))
+    msg = Uniform(rnd.buckets.n, rnd.D).push(msg, z)
+    return msg, z
+
+
+def decode_images(model: VAE, chain_words: list[np.ndarray], n_images: int, image_shape: tuple,
+                  plain_images: list[int], latent_bits: int = DEFAULT_LATENT_BITS,
+                  progress: Callable[[int], None] | None = None) -> tuple[np.ndarray, list[bool]]:
+    """Inverse of `encode_images`. Returns (pixels (N, H, W) uint8, per chain: ended empty)."""
+    layout = ChainLayout(n_images, len(chain_words))
+    buckets = LatentBuckets(latent_bits)
+    chains = [AnsCoder(np.asarray(w, dtype=np.uint32)) for w in chain_words]
+    plain_set = np.zeros(n_images, bool)
+    plain_set[np.asarray(plain_images, dtype=np.int64)] = True
+    out = np.empty((n_images, *image_shape), np.uint8)
+    model.eval()
+    for t in reversed(range(layout.n_rounds)):
+        idx = layout.round_images(t)
+        rnd = _Round(model, buckets, plain_set[idx].copy(), decide_plain=False)
+        msg = [chains[c] for c in range(len(idx))]
+        msg, x = rnd.codec.pop(msg)
+        out[idx] = x.reshape(len(idx), *image_shape)
+        if progress:
+            progress(len(idx))
+    return out, [c.is_empty() for c in chains]

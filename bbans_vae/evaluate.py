@@ -1,0 +1,42 @@
+"""Evaluating a model on a dataset split: -ELBO and IWAE in bits per dimension."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .data import dataset_spec, load_dataset
+from .errors import ModelError
+from .models import VAE, iwae_bits
+from .train import dataset_neg_elbo_bits
+
+
+def check_compatible(model: VAE, dataset: str) -> None:
+    spec = dataset_spec(dataset)
+    if spec.pixel_kind != model.cfg.pixel_kind or tuple(spec.image_shape) != tuple(model.cfg.image_shape):
+        raise ModelError(f"model codes {model.cfg.pixel_kind} {model.cfg.image_shape} images; dataset "
+                         f"{dataset} is {spec.pixel_kind} {tuple(spec.image_shape)}")
+
+
+@torch.no_grad()
+def dataset_iwae_bits(model: VAE, images: np.ndarray, k: int, seed: int = 0, batch_size: int = 100) -> np.ndarray:
+    gen = torch.Generator().manual_seed(seed)
+    model.eval()
+    return np.concatenate([iwae_bits(model, torch.from_numpy(images[i:i + batch_size]), k, gen).numpy()
+                           for i in range(0, len(images), batch_size)])
+
+
+def evaluate(model: VAE, dataset: str, split: str = "test", data_dir=None, limit: int | None = None,
+             iwae_k: int | None = None, n_samples: int = 1, seed: int = 0) -> dict:
+    check_compatible(model, dataset)
+    images = load_dataset(dataset, split, data_dir)
+    if limit is not None:
+        images = images[:limit]
+    dims = model.cfg.n_pixels
+    bits = dataset_neg_elbo_bits(model, images, seed=seed, n_samples=n_samples)
+    res = {"dataset": dataset, "split": split, "n_images": int(len(images)),
+           "neg_elbo_bits": float(bits.sum()), "neg_elbo_bpd": float(bits.mean() / dims),
+           "neg_elbo_samples": n_samples}
+    if iwae_k:
+        ib = dataset_iwae_bits(model, images, iwae_k, seed=seed)
+        res.update({"iwae_k": iwae_k, "iwae_bits": float(ib.sum()), "iwae_bpd": float(ib.mean() / dims)})
+    return res

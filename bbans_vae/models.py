@@ -1,0 +1,321 @@
+"""VAE architectures, pixel likelihoods, and the one negative-ELBO-in-bits function.
+
+Every quantity is in bits (log base 2). The model meets the coder through two small hooks:
+`VAE.posterior(x) -> (mu, sigma)` and `VAE.pixel_coder_params(z)`, which give the parameters
+the ANS codecs in `codec.py` turn into integer distributions.
+
+References
+- Kingma & Welling, Auto-Encoding Variational Bayes (2014): the VAE and the reparameterised ELBO.
+- Burda, Grosse & Salakhutdinov, Importance Weighted Autoencoders (2016): the IWAE bound.
+- Salimans et al., PixelCNN++ (2017): the discretized logistic (mixture) likelihood.
+- The gaps paper's setting (`mlp-paper`): 784-500-500-500-10 ReLU MLP, softplus std, N(0, I).
+
+Presets (one table, `PRESETS`; parameter counts from `count_parameters`, 28x28 images):
+
+| preset          | encoder / decoder     | z  | likelihood                | params   |
+|-----------------|-----------------------|----|---------------------------|----------|
+| mlp-paper       | 3 x 500 ReLU          | 10 | Bernoulli                 | 1,802,804|
+| mlp-bbans-bin   | 1 x 100 ReLU          | 40 | Bernoulli                 |   169,864|
+| mlp-bin         | 2 x 500 ReLU          | 32 | Bernoulli                 | 1,334,848|
+| mlp-8bit        | 2 x 500 ReLU          | 32 | discretized logistic, K=1 | 2,120,416|
+| mlp-8bit-mix    | 2 x 500 ReLU          | 32 | discretized logistic, K=3 | 4,477,120|
+| mlp-bbans-8bit  | 1 x 200 ReLU          | 50 | discretized logistic, K=1 |   660,052|
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, asdict
+
+import numpy as np
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+from .errors import ModelError
+
+LN2 = math.log(2.0)
+SIGMA_FLOOR = 1e-5  # added to softplus(std) so q never collapses to a point
+
+
+# ----------------------------------------------------------------------------- config
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything that defines an architecture. JSON-serialisable via `to_dict`."""
+
+    arch: str = "mlp"
+    image_shape: tuple = (28, 28)
+    pixel_kind: str = "binary"          # "binary" (values {0,1}) or "8bit" (0..255)
+    hidden: tuple = (500, 500, 500)
+    latent_dim: int = 10
+    likelihood: str = "bernoulli"       # "bernoulli" | "logistic"
+    mixtures: int = 1                   # logistic mixture components (likelihood == "logistic")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["image_shape"] = list(self.image_shape)
+        d["hidden"] = list(self.hidden)
+        return d
+
+    @staticmethod
+    def from_dict(d: dict) -> "ModelConfig":
+        try:
+            cfg = ModelConfig(
+                arch=str(d["arch"]),
+                image_shape=tuple(int(v) for v in d["image_shape"]),
+                pixel_kind=str(d["pixel_kind"]),
+                hidden=tuple(int(v) for v in d["hidden"]),
+                latent_dim=int(d["latent_dim"]),
+                likelihood=str(d["likelihood"]),
+                mixtures=int(d.get("mixtures", 1)),
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise ModelError(f"model config is incomplete or malformed ({e!r})") from None
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        if self.arch not in ARCHITECTURES:
+            raise ModelError(f"unknown architecture {self.arch!r}; known: {', '.join(ARCHITECTURES)}")
+        if self.pixel_kind not in ("binary", "8bit"):
+            raise ModelError(f"pixel_kind must be 'binary' or '8bit', not {self.pixel_kind!r}")
+        want = "bernoulli" if self.pixel_kind == "binary" else "logistic"
+        if self.likelihood != want:
+            raise ModelError(f"{self.pixel_kind} pixels need the {want!r} likelihood, not {self.likelihood!r}")
+        if not (1 <= self.latent_dim <= 4096) or not self.hidden or min(self.hidden) < 1:
+            raise ModelError("latent_dim must be in 1..4096 and hidden sizes positive")
+        if len(self.image_shape) != 2 or min(self.image_shape) < 1 or self.n_pixels > 1 << 20:
+            raise ModelError(f"image_shape must be (H, W) with H*W <= 2^20, got {self.image_shape}")
+        if not (1 <= self.mixtures <= 16):
+            raise ModelError("mixtures must be in 1..16")
+
+    @property
+    def n_pixels(self) -> int:
+        return int(np.prod(self.image_shape))
+
+    @property
+    def levels(self) -> int:
+        return 2 if self.pixel_kind == "binary" else 256
+
+
+PRESETS: dict[str, tuple[ModelConfig, str]] = {
+    "mlp-paper": (ModelConfig(hidden=(500, 500, 500), latent_dim=10),
+                  "gaps paper setting: 3x500 ReLU MLP, z=10, Bernoulli"),
+    "mlp-bbans-bin": (ModelConfig(hidden=(100,), latent_dim=40),
+                      "BB-ANS paper binary setting: 784-100-40, Bernoulli"),
+    "mlp-bin": (ModelConfig(hidden=(500, 500), latent_dim=32),
+                "default binary model: 2x500 ReLU, z=32, Bernoulli"),
+    "mlp-8bit": (ModelConfig(pixel_kind="8bit", likelihood="logistic", hidden=(500, 500), latent_dim=32),
+                 "default 8-bit model: 2x500 ReLU, z=32, discretized logistic"),
+    "mlp-8bit-mix": (ModelConfig(pixel_kind="8bit", likelihood="logistic", hidden=(500, 500), latent_dim=32,
+                                 mixtures=3),
+                     "2x500 ReLU, z=32, 3-component discretized logistic mixture"),
+    "mlp-bbans-8bit": (ModelConfig(pixel_kind="8bit", likelihood="logistic", hidden=(200,), latent_dim=50),
+                       "BB-ANS paper 8-bit size: 784-200-50 (logistic instead of beta-binomial)"),
+}
+
+
+def preset_config(name: str) -> ModelConfig:
+    if name not in PRESETS:
+        raise ModelError(f"unknown architecture preset {name!r}; choose one of: {', '.join(PRESETS)}")
+    return PRESETS[name][0]
+
+
+# ----------------------------------------------------------------------------- likelihoods
+
+
+class BernoulliPixels:
+    """p(x|z) = prod_i Bernoulli(x_i; sigmoid(logit_i)). Decoder output: (B, P) logits."""
+
+    params_per_pixel = 1
+
+    def __init__(self, cfg: ModelConfig):
+        self.cfg = cfg
+
+    def nll_bits(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        # x: (B, P) float in {0,1}; out: (B, P) -> (B,)
+        return F.binary_cross_entropy_with_logits(out, x, reduction="none").sum(-1) / LN2
+
+    def coder_params(self, out: torch.Tensor) -> np.ndarray:
+        # (B, P) probabilities of a 1, float64 (the coder's input format)
+        return torch.sigmoid(out.double()).detach().numpy()
+
+    def sample(self, out: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
+        return torch.bernoulli(torch.sigmoid(out), generator=gen)
+
+
+class LogisticPixels:
+    """Discretized logistic mixture over 0..255 (PixelCNN++), end bins take the tails.
+
+    Decoder output: (B, P, 3K) = K mixture logits, K means (pixel units), K log-scales.
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        self.cfg = cfg
+        self.k = cfg.mixtures
+        self.params_per_pixel = 3 * self.k
+
+    def _split(self, out: torch.Tensor):
+        B = out.shape[0]
+        out = out.view(B, -1, 3, self.k)
+        logit_w = out[:, :, 0]                                  # (B, P, K)
+        mean = 127.5 + 127.5 * out[:, :, 1]                     # (B, P, K) pixel units
+        log_s = out[:, :, 2].clamp(min=-4.0, max=6.0) + math.log(16.0)  # (B, P, K)
+        return logit_w, mean, log_s
+
+    def nll_bits(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        # x: (B, P) float in 0..255; out: (B, P*3K) -> (B,)
+        logit_w, mean, log_s = self._split(out)
+        inv_s = torch.exp(-log_s)
+        xk = x.unsqueeze(-1)
+        a = (xk - 0.5 - mean) * inv_s                           # lower edge, standardised
+        b = (xk + 0.5 - mean) * inv_s                           # upper edge
+        lo = torch.where(xk > 0, -F.softplus(a), torch.zeros_like(a))
+        hi = torch.where(xk < 255, -F.softplus(-b), torch.zeros_like(b))
+        # log(sigmoid(b) - sigmoid(a)) = -softplus(a) - softplus(-b) + log(1 - exp(-(b - a)))
+        width = torch.where((xk > 0) & (xk < 255), torch.log(-torch.expm1(-inv_s)), torch.zeros_like(a))
+        logp = lo + hi + width                                  # (B, P, K)
+        logp = torch.logsumexp(logp + F.log_softmax(logit_w, -1), -1)
+        return -logp.sum(-1) / LN2
+
+    def coder_params(self, out: torch.Tensor) -> np.ndarray:
+        """(B, P, 256) float64 probability tables (normalised to ~1e-6; the coder rescales).
+
+        Bin [a, b] has mass sigmoid(b) - sigmoid(a) = sigmoid(b) * sigmoid(-a) * (1 - e^(a-b)):
+        a product of positive factors, so no cancellation in the tails (float32 is enough).
+        The end bins reach to -inf / +inf, where the last factor is 1.
+        """
+        logit_w, mean, log_s = self._split(out.float())
+        inv_s = torch.exp(-log_s).unsqueeze(-1)                              # (B, P, K, 1)
+        edges = torch.arange(0, 255, dtype=torch.float32) + 0.5             # (255,) inner edges
+        z = (edges - mean.unsqueeze(-1)) * inv_s                             # (B, P, K, 255)
+        B, P, K, _ = z.shape
+        ones = z.new_ones(B, P, K, 1)
+        below = torch.cat([torch.sigmoid(z), ones], -1)                      # sigmoid(b) per bin
+        above = torch.cat([ones, torch.sigmoid(-z)], -1)                     # sigmoid(-a) per bin
+        width = -torch.expm1(-inv_s).expand(B, P, K, 256).clone()            # 1 - e^(a-b)
+        width[..., 0] = 1.0
+        width[..., -1] = 1.0
+        w = torch.softmax(logit_w, -1).unsqueeze(-1)                         # (B, P, K, 1)
+        return (below * above * width * w).sum(2).double().detach().numpy()
+
+    def sample(self, out: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
+        logit_w, mean, log_s = self._split(out)
+        comp = torch.multinomial(torch.softmax(logit_w, -1).reshape(-1, self.k), 1, generator=gen)
+        comp = comp.view(*logit_w.shape[:2], 1)
+        m = mean.gather(-1, comp).squeeze(-1)
+        s = torch.exp(log_s.gather(-1, comp).squeeze(-1))
+        u = torch.rand(m.shape, generator=gen).clamp(1e-6, 1 - 1e-6)
+        return torch.round(m + s * (torch.log(u) - torch.log1p(-u))).clamp(0, 255)
+
+
+LIKELIHOODS = {"bernoulli": BernoulliPixels, "logistic": LogisticPixels}
+
+
+# ----------------------------------------------------------------------------- networks
+
+
+def mlp(sizes: list[int]) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i in range(len(sizes) - 1):
+        layers.append(nn.Linear(sizes[i], sizes[i + 1]))
+        if i < len(sizes) - 2:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+class VAE(nn.Module):
+    """Gaussian q(z|x), N(0, I) prior, factorised pixel likelihood p(x|z)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        cfg.validate()
+        self.cfg = cfg
+        P, D = cfg.n_pixels, cfg.latent_dim
+        self.likelihood = LIKELIHOODS[cfg.likelihood](cfg)
+        self.encoder = mlp([P, *cfg.hidden, 2 * D])
+        self.decoder = mlp([D, *reversed(cfg.hidden), P * self.likelihood.params_per_pixel])
+
+    # x arrives as raw pixel values (B, H, W) or (B, P): {0,1} or 0..255
+    def flat_pixels(self, x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(x.shape[0], -1).float()
+
+    def encoder_input(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.flat_pixels(x)
+        return x if self.cfg.pixel_kind == "binary" else x / 255.0
+
+    def posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """q(z|x) = N(mu, sigma^2): (B, D), (B, D)."""
+        h = self.encoder(self.encoder_input(x))
+        mu, raw = h.chunk(2, dim=-1)
+        return mu, F.softplus(raw) + SIGMA_FLOOR
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Decoder output for (B, D) latents: likelihood parameters (B, P * params_per_pixel)."""
+        return self.decoder(z)
+
+    def pixel_coder_params(self, z: torch.Tensor) -> np.ndarray:
+        return self.likelihood.coder_params(self.decode(z))
+
+    def sample(self, n: int, gen: torch.Generator | None = None) -> torch.Tensor:
+        z = torch.randn(n, self.cfg.latent_dim, generator=gen)
+        x = self.likelihood.sample(self.decode(z), gen)
+        return x.view(n, *self.cfg.image_shape)
+
+
+ARCHITECTURES = {"mlp": VAE}
+
+
+def build_model(cfg: ModelConfig) -> VAE:
+    cfg.validate()
+    return ARCHITECTURES[cfg.arch](cfg)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+# ----------------------------------------------------------------------------- objectives
+
+
+def gaussian_kl_bits(mu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu, sigma^2) || N(0, 1)) in bits, summed over latent dims: (B, D) -> (B,)."""
+    return 0.5 * (mu.pow(2) + sigma.pow(2) - 1.0 - 2.0 * torch.log(sigma)).sum(-1) / LN2
+
+
+def neg_elbo_bits(model: VAE, x: torch.Tensor, n_samples: int = 1,
+                  gen: torch.Generator | None = None,
+                  posterior: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """Negative ELBO in bits per image, (B,): E_q[-log2 p(x|z)] + KL(q || p).
+
+    The expectation uses `n_samples` reparameterised samples (differentiable); the KL is exact.
+    `posterior` overrides q(z|x) (used by refit / per-image optimisation). This is the one
+    function that training, eval, bench and gaps call.
+    """
+    mu, sigma = model.posterior(x) if posterior is None else posterior
+    xf = model.flat_pixels(x)
+    rec = 0.0
+    for _ in range(n_samples):
+        eps = torch.randn(mu.shape, generator=gen, device=mu.device)
+        rec = rec + model.likelihood.nll_bits(xf, model.decode(mu + sigma * eps))
+    return rec / n_samples + gaussian_kl_bits(mu, sigma)
+
+
+def iwae_bits(model: VAE, x: torch.Tensor, k: int, gen: torch.Generator | None = None,
+              chunk: int = 250) -> torch.Tensor:
+    """Importance-weighted estimate of -log2 p(x) with k samples, (B,). Upper bound in expectation."""
+    mu, sigma = model.posterior(x)
+    xf = model.flat_pixels(x)
+    B, D = mu.shape
+    logws = []
+    for start in range(0, k, chunk):
+        m = min(chunk, k - start)
+        eps = torch.randn(m, B, D, generator=gen)
+        z = mu + sigma * eps                                            # (m, B, D)
+        nll = model.likelihood.nll_bits(xf.repeat(m, 1), model.decode(z.view(m * B, D))).view(m, B) * LN2
+        log_prior = -0.5 * (z.pow(2) + math.log(2 * math.pi)).sum(-1)
+        log_q = -0.5 * (eps.pow(2) + math.log(2 * math.pi)).sum(-1) - torch.log(sigma).sum(-1)
+        logws.append(-nll + log_prior - log_q)
+    logw = torch.cat(logws, 0)                                          # (k, B)
+    return -(torch.logsumexp(logw, 0) - math.log(k)) / LN2

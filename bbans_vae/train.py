@@ -1,0 +1,187 @@
+"""Training a VAE by maximising the ELBO (minimising `neg_elbo_bits`), resumable from its run dir.
+
+Run directory layout
+    run.json                      the training arguments (fixed at the first start)
+    train_log.jsonl               one JSON line per epoch: train loss, test -ELBO at saves, time
+    checkpoints/epoch_NNNN/       a checkpoint (see checkpoint.py) every --save-every epochs + last
+    resume/                       newest model + Adam state, rewritten each epoch
+
+Determinism: epoch e shuffles with a generator seeded by (seed, e), and the reparameterisation
+noise too, so a resumed run continues as if never stopped (up to float non-associativity).
+The fixed training subset (`train_size`) is `RandomState(seed).permutation(n)[:train_size]`.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, asdict
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+
+from .checkpoint import (CONFIG, load_checkpoint, save_checkpoint, save_tensors_atomic, write_json_atomic)
+from .data import dataset_spec, load_dataset
+from .errors import ModelError, VaeCompressError
+from .models import VAE, ModelConfig, build_model, neg_elbo_bits
+
+
+@dataclass
+class TrainArgs:
+    dataset: str
+    model: dict                 # ModelConfig.to_dict()
+    epochs: int
+    batch_size: int = 100
+    lr: float = 1e-3
+    seed: int = 0
+    train_size: int | None = None
+    save_every: int | None = None
+    data_dir: str | None = None
+
+
+def train_subset_indices(n_total: int, train_size: int | None, seed: int) -> np.ndarray:
+    if train_size is None or train_size >= n_total:
+        return np.arange(n_total)
+    if train_size < 1:
+        raise VaeCompressError("--train-size must be at least 1")
+    return np.sort(np.random.RandomState(seed).permutation(n_total)[:train_size])
+
+
+def load_train_images(args: TrainArgs) -> np.ndarray:
+    images = load_dataset(args.dataset, "train", args.data_dir)
+    return images[train_subset_indices(len(images), args.train_size, args.seed)]
+
+
+@torch.no_grad()
+def dataset_neg_elbo_bits(model: VAE, images: np.ndarray, batch_size: int = 1000, seed: int = 0,
+                          n_samples: int = 1, device: str = "cpu") -> np.ndarray:
+    """Per-image -ELBO in bits over an (N, H, W) uint8 array (seeded MC for the reconstruction)."""
+    gen = torch.Generator(device=device).manual_seed(seed)
+    out = []
+    model.eval()
+    for i in range(0, len(images), batch_size):
+        x = torch.from_numpy(images[i:i + batch_size]).to(device)
+        out.append(neg_elbo_bits(model, x, n_samples=n_samples, gen=gen).cpu().numpy())
+    return np.concatenate(out) if out else np.zeros(0)
+
+
+def _adam_state_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    sd = opt.state_dict()
+    tensors = {}
+    for pid, st in sd["state"].items():
+        for k, v in st.items():
+            tensors[f"{pid}.{k}"] = v if torch.is_tensor(v) else torch.tensor(v)
+    return tensors, {"param_groups": sd["param_groups"]}
+
+
+def _load_adam_state(opt: torch.optim.Optimizer, tensors: dict, groups: dict) -> None:
+    state: dict = {}
+    for key, v in tensors.items():
+        pid, k = key.split(".", 1)
+        state.setdefault(int(pid), {})[k] = v
+    opt.load_state_dict({"state": state, "param_groups": groups["param_groups"]})
+
+
+def pick_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise VaeCompressError("--device cuda: no CUDA device is available (use --device cpu)")
+    return device
+
+
+def train(run_dir: Path, args: TrainArgs, device: str = "cpu", meta: dict | None = None,
+          on_batch: Callable[[float], None] | None = None,
+          on_epoch: Callable[[dict], None] | None = None,
+          encoder_objective: Callable | None = None) -> Path:
+    """Train (or resume) into run_dir; returns the last checkpoint directory.
+
+    `encoder_objective`, if given, replaces the loss: f(model, x, gen) -> scalar (used by
+    encoder-only fine-tuning that freezes the decoder).
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    run_json = run_dir / "run.json"
+    if run_json.exists():
+        saved = json.loads(run_json.read_text())
+        for key in ("dataset", "model", "batch_size", "lr", "seed", "train_size"):
+            if saved.get(key) != asdict(args).get(key):
+                raise VaeCompressError(f"{run_dir} was started with {key}={saved.get(key)!r}, "
+                                       f"not {asdict(args).get(key)!r}; use a new --out directory")
+        saved["epochs"] = args.epochs
+        saved["save_every"] = args.save_every
+        write_json_atomic(run_json, saved)
+    else:
+        write_json_atomic(run_json, {**asdict(args), **(meta or {})})
+
+    spec = dataset_spec(args.dataset)
+    cfg = ModelConfig.from_dict(args.model)
+    if cfg.pixel_kind != spec.pixel_kind:
+        raise ModelError(f"architecture codes {cfg.pixel_kind} pixels but dataset {args.dataset} is {spec.pixel_kind}")
+    train_x = torch.from_numpy(load_train_images(args)).to(device)
+    test_x = load_dataset(args.dataset, "test", args.data_dir)
+
+    torch.manual_seed(args.seed)
+    model = build_model(cfg).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=args.lr)
+    start_epoch = 1
+    resume = run_dir / "resume"
+    if (resume / CONFIG).is_file():
+        model, rconf = load_checkpoint(resume, device)
+        opt = torch.optim.Adam(model.parameters(), lr=args.lr)
+        _load_adam_state(opt, load_file(str(resume / "optimizer.safetensors"), device=device),
+                         json.loads((resume / "optimizer.json").read_text()))
+        start_epoch = int(rconf["epoch"]) + 1
+
+    base_meta = {**(meta or {}), "dataset": args.dataset, "seed": args.seed,
+                 "train_subset": {"size": int(len(train_x)), "seed": args.seed,
+                                  "full": args.train_size is None},
+                 "batch_size": args.batch_size, "lr": args.lr}
+    last = None
+    n = len(train_x)
+    for epoch in range(start_epoch, args.epochs + 1):
+        t0 = time.time()
+        model.train()
+        gen = torch.Generator().manual_seed(args.seed * 1_000_003 + epoch)
+        noise = torch.Generator(device=device).manual_seed(args.seed * 1_000_033 + epoch)
+        perm = torch.randperm(n, generator=gen).to(device)
+        total, count = 0.0, 0
+        for i in range(0, n, args.batch_size):
+            x = train_x[perm[i:i + args.batch_size]]
+            if encoder_objective is None:
+                loss_bits = neg_elbo_bits(model, x, gen=noise).mean()
+            else:
+                loss_bits = encoder_objective(model, x, noise)
+            opt.zero_grad(set_to_none=True)
+            loss_bits.backward()
+            opt.step()
+            total += float(loss_bits.detach()) * len(x)
+            count += len(x)
+            if on_batch:
+                on_batch(float(loss_bits.detach()) / cfg.n_pixels)
+        if not math.isfinite(total):
+            raise VaeCompressError(f"training diverged at epoch {epoch} (loss is not finite); lower --lr")
+        record = {"epoch": epoch, "train_loss_bpd": total / count / cfg.n_pixels,
+                  "seconds": time.time() - t0}
+        is_save = epoch == args.epochs or (args.save_every and epoch % args.save_every == 0)
+        if is_save:
+            test_bits = dataset_neg_elbo_bits(model, test_x, device=device)
+            record["test_neg_elbo_bpd"] = float(test_bits.mean() / cfg.n_pixels)
+            last = run_dir / "checkpoints" / f"epoch_{epoch:04d}"
+            save_checkpoint(last, model, {**base_meta, "epoch": epoch, "metrics": record})
+        # resume state, every epoch
+        save_checkpoint(resume, model, {**base_meta, "epoch": epoch})
+        tensors, groups = _adam_state_tensors(opt)
+        save_tensors_atomic(tensors, resume / "optimizer.safetensors")
+        write_json_atomic(resume / "optimizer.json", groups)
+        with open(run_dir / "train_log.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if on_epoch:
+            on_epoch(record)
+    if last is None:
+        from .checkpoint import newest_checkpoint
+        last = newest_checkpoint(run_dir)
+    return last

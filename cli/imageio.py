@@ -1,0 +1,589 @@
+"""Reading images to code and writing decoded images, atomically.
+
+Inputs (`read_inputs`): PNG files, folders of PNGs (non-recursive, sorted by name, dotfiles
+skipped), `.npy` arrays of shape (N, H, W) or (H, W) and dtype uint8, and IDX files
+(`*-ubyte`, `*-ubyte.gz`, `*.idx`, ...). Everything is read in two passes: the first reads
+only headers (modes, shapes, dtypes) so that bad inputs and oversized batches are refused
+before any pixel buffer is allocated; the second fills one (N, H, W) uint8 array.
+PNG metadata (gamma, text chunks, ...) is not kept: only the gray values are coded.
+
+Outputs (`write_outputs`, `write_file_atomic`): everything is written to a temporary
+sibling of the destination, flushed and fsynced, then renamed into place, so a reader never
+sees a half-written result. An existing destination is only replaced with `force`, and then
+only after the new one is complete. Output names may come from a file header, so they are
+treated as hostile: path separators, `.`/`..`, control characters are refused.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import secrets
+import shutil
+import struct
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from bbans_vae.errors import InputError, OutputError
+
+__all__ = ["ImageSet", "read_inputs", "write_outputs", "write_file_atomic", "MAX_PIXELS"]
+
+MAX_PIXELS = 2**31
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_NPY_MAGIC = b"\x93NUMPY"
+_IDX_SUFFIXES = ("-ubyte", "-ubyte.gz", ".idx", ".idx.gz")
+_SIXTEEN_BIT_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "I;16S", "I;32", "F")
+
+
+@dataclass
+class ImageSet:
+    """A batch of same-sized 8-bit grayscale images and their output names."""
+
+    pixels: np.ndarray  # (N, H, W) uint8, C-contiguous
+    names: list[str]  # one per image, relative output stem (no extension), unique
+
+
+@dataclass
+class _Entry:
+    """One input file after the header pass."""
+
+    path: Path
+    kind: str  # "png" | "npy" | "idx"
+    n: int
+    h: int
+    w: int
+    stem: str
+    png_mode: str = ""
+    array: np.ndarray | None = None  # IDX array already loaded while diagnosing its header
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def read_inputs(paths: Sequence[str | Path], max_pixels: int = MAX_PIXELS) -> ImageSet:
+    """Read PNG files, PNG folders, .npy and IDX files into one (N, H, W) uint8 batch.
+
+    Raises InputError (one line, says what to do) for anything a user can get wrong:
+    missing paths, empty folders, unsupported files or modes, corrupt files, images of
+    different sizes, or more than `max_pixels` pixels in total.
+    """
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    files = _expand(paths)
+    if not files:
+        raise InputError("no input images given; pass PNG files, folders of PNGs, .npy or IDX files")
+
+    entries: list[_Entry] = []
+    total = 0
+    first: _Entry | None = None
+    for path in files:
+        entry = _scan(path)
+        if entry.n > 0 and (entry.h == 0 or entry.w == 0):
+            raise InputError(f"{path} holds empty images ({entry.h}x{entry.w}); give images of at least 1x1 pixels")
+        if entry.n > 0:
+            if first is None:
+                first = entry
+            elif (entry.h, entry.w) != (first.h, first.w):
+                raise InputError(
+                    f"{path} has images of {entry.h}x{entry.w} (HxW) but {first.path} has "
+                    f"{first.h}x{first.w}; all inputs must share one size"
+                )
+        total += entry.n * entry.h * entry.w
+        if total > max_pixels:
+            raise InputError(
+                f"inputs hold more than {max_pixels} pixels (limit reached at {path}); "
+                "code them in smaller batches"
+            )
+        entries.append(entry)
+
+    n_total = sum(e.n for e in entries)
+    if first is None or n_total == 0:
+        raise InputError("the inputs contain no images; give at least one image")
+    h, w = first.h, first.w
+
+    pixels = np.empty((n_total, h, w), dtype=np.uint8)
+    names: list[str] = []
+    offset = 0
+    for entry in entries:
+        if entry.n == 0:
+            continue
+        target = pixels[offset : offset + entry.n]
+        if entry.kind == "png":
+            target[0] = _load_png(entry)
+            names.append(_sanitize(entry.stem))
+        elif entry.kind == "npy":
+            _load_npy(entry, target)
+            names.extend(_sanitize(f"{entry.stem}_{i:05d}") for i in range(entry.n))
+        else:
+            target[...] = _load_idx(entry)
+            names.extend(_sanitize(f"{entry.stem}_{i:05d}") for i in range(entry.n))
+        offset += entry.n
+    return ImageSet(pixels=pixels, names=_dedupe(names))
+
+
+def _expand(paths: Sequence[str | Path]) -> list[Path]:
+    files: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if not path.exists():
+            raise InputError(f"{path} does not exist; check the path")
+        if path.is_dir():
+            try:
+                pngs = sorted(
+                    (p for p in path.iterdir() if p.suffix.lower() == ".png" and not p.name.startswith(".") and p.is_file()),
+                    key=lambda p: p.name,
+                )
+            except OSError as exc:
+                raise InputError(f"cannot list folder {path}: {exc.strerror or exc}") from exc
+            if not pngs:
+                raise InputError(f"folder {path} contains no .png files; give a folder of PNG images")
+            files.extend(pngs)
+        else:
+            files.append(path)
+    return files
+
+
+def _head(path: Path, n: int = 8) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read(n)
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc.strerror or exc}") from exc
+
+
+def _kind(path: Path) -> str:
+    name = path.name.lower()
+    head = _head(path)
+    if head.startswith(_PNG_SIGNATURE) or name.endswith(".png"):
+        return "png"
+    if head.startswith(_NPY_MAGIC) or name.endswith(".npy"):
+        return "npy"
+    if name.endswith(_IDX_SUFFIXES):
+        return "idx"
+    raise InputError(f"{path} is not a PNG, .npy or IDX file; give grayscale PNGs, .npy (N,H,W) uint8 arrays or IDX files")
+
+
+def _scan(path: Path) -> _Entry:
+    kind = _kind(path)
+    if kind == "png":
+        return _scan_png(path)
+    if kind == "npy":
+        return _scan_npy(path)
+    return _scan_idx(path)
+
+
+def _array_stem(path: Path) -> str:
+    name = path.name
+    if name.lower().endswith(".gz"):
+        name = name[:-3]
+    return Path(name).stem if name.lower().endswith((".npy", ".idx")) else name
+
+
+# PNG ------------------------------------------------------------------------------
+
+
+def _open_png(path: Path):
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # max_pixels bounds memory
+            im = Image.open(path)
+    except UnidentifiedImageError as exc:
+        if _head(path).startswith(_PNG_SIGNATURE):
+            raise InputError(f"{path} is a corrupt PNG file; re-export it") from exc
+        raise InputError(f"{path} is not a PNG, .npy or IDX file; give grayscale PNGs, .npy (N,H,W) uint8 arrays or IDX files") from exc
+    except Image.DecompressionBombError as exc:
+        raise InputError(f"{path} is too large to read safely; split it into smaller images") from exc
+    except OSError as exc:
+        if exc.errno is not None:  # a real I/O error, not Pillow's "truncated" OSError
+            raise InputError(f"cannot read {path}: {exc.strerror or exc}") from exc
+        raise InputError(f"{path} is a corrupt or truncated PNG file ({exc}); re-export it") from exc
+    except Exception as exc:  # Pillow raises many types on malformed headers
+        raise InputError(f"{path} is a corrupt PNG file ({exc}); re-export it") from exc
+    if im.format != "PNG":
+        im.close()
+        raise InputError(f"{path} is a {im.format} file, not a PNG; convert it to an 8-bit grayscale PNG")
+    return im
+
+
+def _check_png_mode(path: Path, im) -> None:
+    mode = im.mode
+    if getattr(im, "n_frames", 1) > 1:
+        raise InputError(f"{path} is an animated PNG with {im.n_frames} frames; give single-frame images")
+    if mode in _SIXTEEN_BIT_MODES:
+        raise InputError(f"{path}: 16-bit images are not supported (8-bit grayscale only); convert it to 8-bit")
+    if mode in ("L", "1"):
+        return
+    if mode == "P":
+        if "transparency" in im.info:
+            raise InputError(f"{path} has 2 channels (a palette with transparency); the model codes 1-channel (grayscale) images")
+        return  # palette grayness is checked when the pixels are loaded
+    bands = len(im.getbands())
+    if bands > 1:
+        raise InputError(f"{path} has {bands} channels; the model codes 1-channel (grayscale) images")
+    raise InputError(f"{path} has unsupported image mode {mode}; convert it to an 8-bit grayscale PNG")
+
+
+def _scan_png(path: Path) -> _Entry:
+    im = _open_png(path)
+    try:
+        _check_png_mode(path, im)
+        w, h = im.size
+        return _Entry(path=path, kind="png", n=1, h=h, w=w, stem=path.stem, png_mode=im.mode)
+    finally:
+        im.close()
+
+
+def _load_png(entry: _Entry) -> np.ndarray:
+    path = entry.path
+    im = _open_png(path)
+    try:
+        if im.mode != entry.png_mode or im.size != (entry.w, entry.h):
+            raise InputError(f"{path} changed while it was being read; try again")
+        try:
+            im.load()
+        except Exception as exc:  # truncated / corrupt data: OSError, SyntaxError, zlib.error, ...
+            raise InputError(f"{path} is a corrupt or truncated PNG file ({exc}); re-export it") from exc
+        if im.mode == "1":
+            arr = np.asarray(im.convert("L"), dtype=np.uint8)
+        elif im.mode == "P":
+            idx = np.asarray(im, dtype=np.uint8)
+            palette = im.getpalette() or []
+            pal = np.asarray(palette, dtype=np.uint8).reshape(-1, 3) if palette else np.zeros((0, 3), np.uint8)
+            used = np.unique(idx)
+            if used.size and int(used[-1]) >= len(pal):
+                raise InputError(f"{path} uses palette entries that do not exist; re-export it")
+            sel = pal[used]
+            if not (np.all(sel[:, 0] == sel[:, 1]) and np.all(sel[:, 0] == sel[:, 2])):
+                raise InputError(f"{path} has 3 channels (a color palette); the model codes 1-channel (grayscale) images")
+            lut = np.zeros(256, dtype=np.uint8)
+            lut[: len(pal)] = pal[:, 0]
+            arr = lut[idx]
+        else:
+            arr = np.asarray(im, dtype=np.uint8)
+    finally:
+        im.close()
+    if arr.shape != (entry.h, entry.w):
+        raise InputError(f"{path} changed while it was being read; try again")
+    return arr
+
+
+# NPY ------------------------------------------------------------------------------
+
+
+def _scan_npy(path: Path) -> _Entry:
+    expected = "expected a uint8 array of shape (N,H,W) or (H,W)"
+    try:
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            if version == (1, 0):
+                shape, _fortran, dtype = np.lib.format.read_array_header_1_0(f)
+            elif version == (2, 0):
+                shape, _fortran, dtype = np.lib.format.read_array_header_2_0(f)
+            else:  # v3 is only written for structured dtypes with unicode field names
+                raise InputError(f"{path} holds a structured array; {expected}")
+    except InputError:
+        raise
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    except Exception as exc:  # ValueError from a malformed header
+        raise InputError(f"{path} is not a valid .npy file ({exc}); {expected}") from exc
+    if dtype != np.uint8:
+        raise InputError(f"{path} holds dtype {dtype}; {expected} (convert with .astype(np.uint8))")
+    if len(shape) == 2:
+        n, (h, w) = 1, shape
+    elif len(shape) == 3:
+        n, h, w = shape
+    else:
+        raise InputError(f"{path} holds an array of shape {tuple(shape)}; {expected}")
+    return _Entry(path=path, kind="npy", n=int(n), h=int(h), w=int(w), stem=_array_stem(path))
+
+
+def _load_npy(entry: _Entry, target: np.ndarray) -> None:
+    """Copy the array of a scanned .npy file into `target` (memory-mapped: no second copy)."""
+    path = entry.path
+    try:
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    except Exception as exc:  # ValueError: truncated data ("mmap length is greater than file size")
+        raise InputError(f"{path} is a corrupt or truncated .npy file ({exc}); re-export it") from exc
+    mm = getattr(arr, "_mmap", None)
+    try:
+        if arr.dtype != np.uint8 or arr.size != target.size:
+            raise InputError(f"{path} changed while it was being read; try again")
+        target[...] = np.asarray(arr).reshape(target.shape)
+    finally:
+        del arr
+        if mm is not None:
+            try:
+                mm.close()
+            except (BufferError, ValueError):
+                pass
+
+
+# IDX ------------------------------------------------------------------------------
+
+
+def _peek_idx(path: Path) -> tuple[int, tuple[int, ...]] | None:
+    """(type code, dims) from an IDX header, or None where the header cannot be parsed."""
+    try:  # gzip is recognised by its magic bytes, as bbans_vae.data.read_idx does
+        opener = gzip.open if _head(path, 2) == b"\x1f\x8b" else open
+        with opener(path, "rb") as f:
+            head = f.read(4)
+            if len(head) != 4 or head[0] != 0 or head[1] != 0:
+                return None
+            ndim = head[3]
+            raw = f.read(4 * ndim)
+            if len(raw) != 4 * ndim:
+                return None
+            return head[2], struct.unpack(f">{ndim}I", raw)
+    except (OSError, EOFError, InputError):
+        return None
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    from bbans_vae.data import read_idx
+    from bbans_vae.errors import DataError
+
+    try:
+        return read_idx(path)
+    except DataError as exc:
+        raise InputError(str(exc)) from exc
+
+
+def _scan_idx(path: Path) -> _Entry:
+    expected = "expected unsigned-byte images of shape (N,H,W) or (H,W)"
+    stem = _array_stem(path)
+    header = _peek_idx(path)
+    array = None
+    if header is None:
+        array = _read_idx(path)  # let the reader say what is wrong; it usually raises
+        type_code, dims = (0x08 if array.dtype == np.uint8 else -1), array.shape
+    else:
+        type_code, dims = header
+    if type_code != 0x08:
+        raise InputError(f"{path} holds IDX data of type {type_code:#04x}; {expected} (type 0x08)")
+    if len(dims) == 2:
+        n, (h, w) = 1, dims
+    elif len(dims) == 3:
+        n, h, w = dims
+    else:
+        hint = " (is it a label file?)" if len(dims) == 1 else ""
+        raise InputError(f"{path} holds an IDX array of shape {tuple(dims)}{hint}; {expected}")
+    return _Entry(path=path, kind="idx", n=int(n), h=int(h), w=int(w), stem=stem, array=array)
+
+
+def _load_idx(entry: _Entry) -> np.ndarray:
+    arr = entry.array if entry.array is not None else _read_idx(entry.path)
+    entry.array = None
+    if arr.dtype != np.uint8 or arr.size != entry.n * entry.h * entry.w:
+        raise InputError(f"{entry.path} does not match its IDX header; re-download or re-export it")
+    return np.asarray(arr).reshape(entry.n, entry.h, entry.w)
+
+
+# names ----------------------------------------------------------------------------
+
+
+def _bad_char(c: str) -> bool:
+    if c in "/\\\0" or c == os.sep or (os.altsep and c == os.altsep):
+        return True
+    if ord(c) < 32 or ord(c) == 127 or 0xD800 <= ord(c) <= 0xDFFF:
+        return True  # control characters, undecodable bytes (surrogate escapes)
+    return False
+
+
+def _sanitize(name: str) -> str:
+    name = "".join("_" if _bad_char(c) else c for c in name)
+    return "_" if name in ("", ".", "..") else name
+
+
+def _dedupe(names: list[str]) -> list[str]:
+    """Make names unique (case-insensitively): later duplicates get `_1`, `_2`, ..."""
+    seen: set[str] = set()
+    out: list[str] = []
+    for name in names:
+        candidate, k = name, 0
+        while candidate.casefold() in seen:
+            k += 1
+            candidate = f"{name}_{k}"
+        seen.add(candidate.casefold())
+        out.append(candidate)
+    return out
+
+
+def _check_names(names: list[str]) -> None:
+    seen: set[str] = set()
+    for name in names:
+        if not isinstance(name, str) or name in ("", ".", "..") or any(_bad_char(c) for c in name):
+            raise OutputError(
+                f"refusing to write an output named {name!r}: names must be non-empty and contain "
+                "no path separators, '..' or control characters; the input file may be corrupt or hostile"
+            )
+        key = name.casefold()
+        if key in seen:
+            raise OutputError(f"two outputs are named {name!r}; the input file may be corrupt")
+        seen.add(key)
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _write_fsynced(path: Path, write) -> None:
+    with open(path, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _remove(path: Path) -> None:
+    try:
+        if path.is_symlink() or not path.is_dir():
+            path.unlink()
+        else:
+            shutil.rmtree(path)
+    except FileNotFoundError:
+        pass
+
+
+def _ensure_parent(path: Path) -> Path:
+    parent = path.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create folder {parent}: {exc.strerror or exc}") from exc
+    return parent
+
+
+def write_outputs(pixels: np.ndarray, names: list[str], out_dir: Path, fmt: str, force: bool) -> list[Path]:
+    """Write decoded images into `out_dir`, atomically; return the written file paths.
+
+    fmt "png": one 8-bit grayscale PNG per image, `out_dir/<name>.png` (values written as-is).
+    fmt "npy": `out_dir/images.npy` (N, H, W) uint8 plus `out_dir/names.txt`, one name per line.
+    """
+    out_dir = Path(out_dir)
+    if fmt not in ("png", "npy"):
+        raise ValueError(f"unknown output format {fmt!r}")
+    pixels = np.asarray(pixels)
+    if pixels.ndim != 3 or pixels.dtype != np.uint8 or len(names) != pixels.shape[0]:
+        raise ValueError(f"expected (N,H,W) uint8 pixels and N names, got {pixels.shape} {pixels.dtype}, {len(names)} names")
+    _check_names(list(names))
+    if os.path.lexists(out_dir) and not force:
+        raise OutputError(f"{out_dir} exists; use --force to overwrite")
+    parent = _ensure_parent(out_dir)
+
+    tmp: Path | None = None
+    try:
+        try:
+            tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=parent))
+            os.chmod(tmp, 0o777 & ~_umask())
+            rel: list[str] = []
+            if fmt == "png":
+                from PIL import Image
+
+                for name, img in zip(names, pixels):
+                    im = Image.fromarray(np.ascontiguousarray(img))
+                    _write_fsynced(tmp / f"{name}.png", lambda f, im=im: im.save(f, format="PNG"))
+                    rel.append(f"{name}.png")
+            else:
+                arr = np.ascontiguousarray(pixels)
+                _write_fsynced(tmp / "images.npy", lambda f: np.save(f, arr, allow_pickle=False))
+                text = "".join(f"{n}\n" for n in names).encode("utf-8")
+                _write_fsynced(tmp / "names.txt", lambda f: f.write(text))
+                rel = ["images.npy", "names.txt"]
+            _fsync_dir(tmp)
+            _replace_into(tmp, out_dir, force)
+            tmp = None
+        except OSError as exc:
+            raise OutputError(f"cannot write {out_dir}: {exc.strerror or exc}") from exc
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+    _fsync_dir(parent)
+    return [out_dir / r for r in rel]
+
+
+def _replace_into(new: Path, dest: Path, force: bool) -> None:
+    """Rename the complete `new` onto `dest`; an old `dest` is moved aside first, then deleted."""
+    if not os.path.lexists(dest):
+        os.rename(new, dest)
+        return
+    if not force:
+        raise OutputError(f"{dest} exists; use --force to overwrite")
+    aside = dest.parent / f".{dest.name}.old-{secrets.token_hex(4)}"
+    os.rename(dest, aside)
+    try:
+        os.rename(new, dest)
+    except BaseException:
+        os.rename(aside, dest)  # put the old one back
+        raise
+    _remove(aside)
+
+
+def write_file_atomic(path: Path, data: bytes, force: bool) -> None:
+    """Write `data` to `path` via a fsynced temp file in the same folder and `os.replace`."""
+    path = Path(path)
+    if path.is_dir():
+        raise OutputError(f"{path} is a folder; give a file name")
+    if os.path.lexists(path) and not force:
+        raise OutputError(f"{path} exists; use --force to overwrite")
+    parent = _ensure_parent(path)
+    tmp: Path | None = None
+    try:
+        try:
+            fd, name = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=parent)
+            tmp = Path(name)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, 0o666 & ~_umask())
+            if force:
+                os.replace(tmp, path)
+            else:
+                try:  # no-clobber: fails if someone created `path` meanwhile
+                    os.link(tmp, path)
+                except FileExistsError:
+                    raise OutputError(f"{path} exists; use --force to overwrite") from None
+                except OSError:  # hard links unsupported on this file system
+                    if os.path.lexists(path):
+                        raise OutputError(f"{path} exists; use --force to overwrite") from None
+                    os.replace(tmp, path)
+                else:
+                    tmp.unlink(missing_ok=True)
+            tmp = None
+        except OSError as exc:
+            raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from exc
+    finally:
+        if tmp is not None:
+            try:
+                tmp.unlink()
+            except OSError:
+                pass
+    _fsync_dir(parent)

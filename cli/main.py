@@ -1,0 +1,234 @@
+"""The `vaecompress` command line: parse, call the library, print. Nothing clever lives here."""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from bbans_vae.errors import VaeCompressError
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+class App(click.Group):
+    """Turns user errors into one line on stderr and exit code 1; --debug shows tracebacks."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except VaeCompressError as e:
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            click.echo(f"vaecompress: error: {e}", err=True)
+            ctx.exit(1)
+        except KeyboardInterrupt:
+            click.echo("vaecompress: error: interrupted", err=True)
+            ctx.exit(130)
+        except (MemoryError, OSError) as e:
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            click.echo(f"vaecompress: error: {type(e).__name__}: {e}", err=True)
+            ctx.exit(1)
+
+
+@click.group(cls=App, context_settings=CONTEXT)
+@click.option("--debug", is_flag=True, help="Show full tracebacks for errors.")
+@click.version_option(package_name="vaecompress")
+@click.pass_context
+def main(ctx, debug):
+    """Lossless image compression with a VAE and bits-back ANS, and a meter of its
+    generalization gaps in real bits.
+
+    \b
+    Quick start:
+      vaecompress demo                                  # no data needed
+      vaecompress encode digits/ -o digits.vae          # PNG folder -> one file
+      vaecompress decode digits.vae -o restored/        # pixel-exact
+    """
+    ctx.ensure_object(dict)
+    ctx.obj["debug"] = debug
+
+
+def progress_bar(total: int, desc: str, quiet: bool):
+    """A tqdm bar on a terminal, a no-op otherwise (or with --quiet)."""
+    from tqdm import tqdm
+    disable = quiet or not sys.stderr.isatty()
+    return tqdm(total=total, desc=desc, unit="img", disable=disable, leave=False, file=sys.stderr)
+
+
+def git_revision() -> str | None:
+    try:
+        here = Path(__file__).resolve().parent.parent
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def command_line() -> str:
+    return "vaecompress " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+
+
+def echo_json(obj) -> None:
+    click.echo(json.dumps(obj, indent=2, sort_keys=False))
+
+
+data_dir_option = click.option(
+    "--data-dir", type=click.Path(file_okay=False), default=None,
+    help="Dataset root (torchvision layout). Default: $VAECOMPRESS_DATA, else ~/.cache/vaecompress/data.")
+quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+
+
+# ----------------------------------------------------------------------------- train
+
+
+@main.command(context_settings=CONTEXT)
+@click.option("--dataset", "-d", required=True, help="mnist-bin, mnist-bin-stoch, binarized-mnist, mnist, fashion-mnist.")
+@click.option("--model", "-m", "arch", required=True, help="Architecture preset (see `vaecompress models --presets`).")
+@click.option("--epochs", "-e", type=click.IntRange(1), required=True)
+@click.option("--out", "-o", "run_dir", type=click.Path(file_okay=False), required=True,
+              help="Run directory (created; an existing one is resumed).")
+@click.option("--batch-size", type=click.IntRange(1), default=100, show_default=True)
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--train-size", type=click.IntRange(1), default=None, help="Train on a fixed random subset of N images.")
+@click.option("--save-every", type=click.IntRange(1), default=None, help="Checkpoint every S epochs (and at the end).")
+@click.option("--latent-dim", type=click.IntRange(1), default=None, help="Override the preset's latent size.")
+@click.option("--hidden", default=None, help="Override hidden sizes, e.g. 500,500,500.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@data_dir_option
+@quiet_option
+def train(dataset, arch, epochs, run_dir, batch_size, lr, seed, train_size, save_every, latent_dim, hidden,
+          device, data_dir, quiet):
+    """Train a VAE on a dataset; checkpoints go to RUN_DIR/checkpoints/epoch_NNNN/.
+
+    \b
+    Examples:
+      vaecompress train -d mnist-bin -m mlp-paper -e 100 -o runs/paper
+      vaecompress train -d mnist-bin -m mlp-paper -e 300 --train-size 1000 --save-every 25 -o runs/overfit
+    Re-running the same command on the same RUN_DIR resumes where it stopped.
+    """
+    import dataclasses
+    from tqdm import tqdm
+    from bbans_vae.data import dataset_spec
+    from bbans_vae.models import preset_config
+    from bbans_vae.train import TrainArgs, pick_device, train as run_training
+
+    spec = dataset_spec(dataset)
+    cfg = preset_config(arch)
+    if latent_dim is not None:
+        cfg = dataclasses.replace(cfg, latent_dim=latent_dim)
+    if hidden is not None:
+        try:
+            cfg = dataclasses.replace(cfg, hidden=tuple(int(h) for h in hidden.split(",")))
+        except ValueError:
+            raise VaeCompressError(f"--hidden must be comma-separated integers, not {hidden!r}") from None
+    cfg.validate()
+    if cfg.pixel_kind != spec.pixel_kind:
+        raise VaeCompressError(f"preset {arch} codes {cfg.pixel_kind} pixels; dataset {dataset} is {spec.pixel_kind}")
+    dev = pick_device(device)
+    args = TrainArgs(dataset=dataset, model=cfg.to_dict(), epochs=epochs, batch_size=batch_size, lr=lr,
+                     seed=seed, train_size=train_size, save_every=save_every, data_dir=data_dir)
+    import torch
+    meta = {"command": command_line(), "git_revision": git_revision(), "preset": arch,
+            "hardware": f"{dev}, {os.cpu_count()} cpus, torch {torch.__version__}"}
+    bar = tqdm(total=epochs, desc="epochs", disable=quiet or not sys.stderr.isatty(), file=sys.stderr)
+    t0 = time.time()
+
+    def on_epoch(rec):
+        bar.update(1)
+        bar.set_postfix(loss_bpd=f"{rec['train_loss_bpd']:.4f}")
+        if "test_neg_elbo_bpd" in rec:
+            bar.write(f"epoch {rec['epoch']}: train {rec['train_loss_bpd']:.4f} bpd, "
+                      f"test -ELBO {rec['test_neg_elbo_bpd']:.4f} bpd", file=sys.stderr)
+
+    last = run_training(Path(run_dir), args, device=dev, meta=meta, on_epoch=on_epoch)
+    bar.close()
+    click.echo(f"trained {arch} on {dataset} in {time.time() - t0:.0f} s; checkpoint: {last}")
+
+
+# ----------------------------------------------------------------------------- eval
+
+
+@main.command("eval", context_settings=CONTEXT)
+@click.argument("model_ref", metavar="MODEL")
+@click.option("--dataset", "-d", default=None, help="Default: the model's training dataset.")
+@click.option("--split", default="test", show_default=True)
+@click.option("--limit", type=click.IntRange(1), default=None, help="Only the first N images.")
+@click.option("--iwae", "iwae_k", type=click.IntRange(1), default=None, help="Also estimate -log p(x) with K importance samples.")
+@click.option("--samples", type=click.IntRange(1), default=1, show_default=True, help="MC samples for the -ELBO reconstruction term.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@data_dir_option
+@quiet_option
+def eval_cmd(model_ref, dataset, split, limit, iwae_k, samples, seed, as_json, data_dir, quiet):
+    """Negative ELBO (and IWAE) of MODEL on a dataset split, in bits per dimension.
+
+    \b
+    Examples:
+      vaecompress eval mnist-bin --dataset mnist-bin --json
+      vaecompress eval runs/paper --iwae 1000 --limit 1000
+    """
+    from bbans_vae.evaluate import evaluate
+    from bbans_vae.checkpoint import load_model
+    model, config, path = load_model(model_ref)
+    dataset = dataset or config.get("dataset")
+    if not dataset:
+        raise VaeCompressError("the model does not record its dataset; pass --dataset")
+    res = evaluate(model, dataset, split, data_dir=data_dir, limit=limit, iwae_k=iwae_k, n_samples=samples,
+                   seed=seed)
+    res = {"model": model_ref, "checkpoint": str(path), **res}
+    if as_json:
+        echo_json(res)
+    else:
+        line = f"{model_ref} on {dataset}/{split} ({res['n_images']} images): -ELBO {res['neg_elbo_bpd']:.4f} bpd"
+        if "iwae_bpd" in res:
+            line += f", IWAE(k={iwae_k}) {res['iwae_bpd']:.4f} bpd"
+        click.echo(line)
+
+
+# ----------------------------------------------------------------------------- models
+
+
+@main.command(context_settings=CONTEXT)
+@click.option("--presets", is_flag=True, help="List the architecture presets instead.")
+@click.option("--json", "as_json", is_flag=True)
+def models(presets, as_json):
+    """List bundled models (name, dataset, test -ELBO bpd, size) or architecture presets."""
+    if presets:
+        from bbans_vae.models import PRESETS, build_model, count_parameters
+        rows = [{"preset": n, "parameters": count_parameters(build_model(c)), "description": d}
+                for n, (c, d) in PRESETS.items()]
+        if as_json:
+            echo_json(rows)
+        else:
+            for r in rows:
+                click.echo(f"{r['preset']:<16} {r['parameters']:>10,}  {r['description']}")
+        return
+    from bbans_vae.checkpoint import bundled_models, read_config, WEIGHTS
+    rows = []
+    for name, path in bundled_models().items():
+        c = read_config(path)
+        rows.append({"name": name, "dataset": c.get("dataset"), "preset": c.get("preset"),
+                     "test_neg_elbo_bpd": (c.get("metrics") or {}).get("test_neg_elbo_bpd"),
+                     "size_bytes": (path / WEIGHTS).stat().st_size, "epoch": c.get("epoch")})
+    if as_json:
+        echo_json(rows)
+        return
+    if not rows:
+        click.echo("no bundled models installed")
+    for r in rows:
+        bpd = f"{r['test_neg_elbo_bpd']:.4f}" if r["test_neg_elbo_bpd"] is not None else "?"
+        click.echo(f"{r['name']:<16} {r['dataset']:<16} {r['preset'] or '':<14} test -ELBO {bpd} bpd  "
+                   f"{r['size_bytes'] / 1e6:.1f} MB")
+
+
+if __name__ == "__main__":
+    main()
