@@ -15,20 +15,33 @@ reads from an empty coder, and decoding returns every chain to empty (its starti
 """
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field
-from typing import Callable
+import contextlib
+from dataclasses import dataclass
+from typing import Callable, Iterator
 
 import constriction
 import numpy as np
 import torch
 
+from .errors import ContainerError
 from .codec import AnsCoder, Bernoulli, Categorical, Codec, LatentBuckets, Message, Uniform, bits_back
 from .models import VAE
 
 PIXEL_CODECS = {"bernoulli": Bernoulli, "logistic": Categorical}
 DEFAULT_LATENT_BITS = 10
 _CAT = constriction.stream.model.Categorical(perfect=False)  # the posterior's family
+
+
+@contextlib.contextmanager
+def single_thread() -> Iterator[None]:
+    """Network calls inside coding run on one thread: batches are small (one image per chain),
+    threads only add contention, and the thread count cannot then change the numbers (SPEC §6)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @dataclass
@@ -86,6 +99,7 @@ class _Round:
         self.safe_bits = 24 * self.D + 64
         self.q_probs: np.ndarray | None = None
         self.px_params: np.ndarray | None = None
+        self.z: np.ndarray | None = None                      # latents popped at encode
         self.codec = bits_back(Uniform(buckets.n, self.D), self.likelihood, self.posterior)
 
     def likelihood(self, z_idx: np.ndarray) -> Codec:
@@ -111,6 +125,7 @@ class _Round:
                         self.plain[lane] = True
                         continue
                 z[lane] = coder.decode(_CAT, probs[lane])
+            self.z = z
             return msg, z
 
         def push(msg: Message, z: np.ndarray):
@@ -140,18 +155,18 @@ def encode_images(model: VAE, images: np.ndarray, n_chains: int, latent_bits: in
     plain_images: list[int] = []
     initial_bits = 0.0
     model.eval()
-    for t in range(layout.n_rounds):
-        idx = layout.round_images(t)
-        x = np.ascontiguousarray(images[idx])
-        rnd = _Round(model, buckets, np.zeros(len(idx), bool), decide_plain=True)
-        msg = [chains[c] for c in range(len(idx))]
-        msg, z = _encode_round(rnd, msg, x)
-        bits, neg_log_q = rnd.ideal_bits(x, z)
-        ideal[idx] = bits
-        plain_images.extend(int(i) for i in idx[rnd.plain])
-        initial_bits += float(neg_log_q[rnd.plain].sum())
-        if progress:
-            progress(len(idx))
+    with single_thread():
+        for t in range(layout.n_rounds):
+            idx = layout.round_images(t)
+            x = np.ascontiguousarray(images[idx])
+            rnd = _Round(model, buckets, np.zeros(len(idx), bool), decide_plain=True)
+            rnd.codec.push(chains[:len(idx)], x.reshape(len(idx), -1))
+            bits, neg_log_q = rnd.ideal_bits(x, rnd.z)
+            ideal[idx] = bits
+            plain_images.extend(int(i) for i in idx[rnd.plain])
+            initial_bits += float(neg_log_q[rnd.plain].sum())
+            if progress:
+                progress(len(idx))
     return Encoded(
         chain_words=[c.get_compressed() for c in chains],
         plain_images=sorted(plain_images),
@@ -161,31 +176,35 @@ def encode_images(model: VAE, images: np.ndarray, n_chains: int, latent_bits: in
     )
 
 
-def _encode_round(rnd: _Round, msg: Message, x: np.ndarray):
-    """bits_back.push, keeping the popped latents for the accounting."""
-    msg, z = rnd.posterior(x).pop(msg)
-    msg = rnd.likelihood(z).push(msg, x.reshape(x.shape[0], -1))
-    msg = Uniform(rnd.buckets.n, rnd.D).push(msg, z)
-    return msg, z
-
-
 def decode_images(model: VAE, chain_words: list[np.ndarray], n_images: int, image_shape: tuple,
                   plain_images: list[int], latent_bits: int = DEFAULT_LATENT_BITS,
-                  progress: Callable[[int], None] | None = None) -> tuple[np.ndarray, list[bool]]:
-    """Inverse of `encode_images`. Returns (pixels (N, H, W) uint8, per chain: ended empty)."""
+                  progress: Callable[[int], None] | None = None) -> np.ndarray:
+    """Inverse of `encode_images`: (N, H, W) uint8 symbols. Every chain must end empty.
+
+    Corrupt input is caught as early as possible: a chain that runs dry before its first image
+    or holds bits after it raises ContainerError (so a hostile image count cannot make us loop).
+    """
     layout = ChainLayout(n_images, len(chain_words))
     buckets = LatentBuckets(latent_bits)
-    chains = [AnsCoder(np.asarray(w, dtype=np.uint32)) for w in chain_words]
+    try:
+        chains = [AnsCoder(np.asarray(w, dtype=np.uint32)) for w in chain_words]
+    except Exception as e:  # constriction rejects e.g. a zero last word
+        raise ContainerError(f"corrupt payload: {e}") from None
     plain_set = np.zeros(n_images, bool)
     plain_set[np.asarray(plain_images, dtype=np.int64)] = True
     out = np.empty((n_images, *image_shape), np.uint8)
     model.eval()
-    for t in reversed(range(layout.n_rounds)):
-        idx = layout.round_images(t)
-        rnd = _Round(model, buckets, plain_set[idx].copy(), decide_plain=False)
-        msg = [chains[c] for c in range(len(idx))]
-        msg, x = rnd.codec.pop(msg)
-        out[idx] = x.reshape(len(idx), *image_shape)
-        if progress:
-            progress(len(idx))
-    return out, [c.is_empty() for c in chains]
+    with single_thread():
+        for t in reversed(range(layout.n_rounds)):
+            idx = layout.round_images(t)
+            rnd = _Round(model, buckets, plain_set[idx].copy(), decide_plain=False)
+            msg = chains[:len(idx)]
+            if any(c.is_empty() for c in msg):
+                raise ContainerError("corrupt payload: a chain ran out of data before its first image")
+            msg, x = rnd.codec.pop(msg)
+            out[idx] = x.reshape(len(idx), *image_shape)
+            if progress:
+                progress(len(idx))
+    if not all(c.is_empty() for c in chains):
+        raise ContainerError("corrupt payload: data left over after the last image")
+    return out

@@ -77,7 +77,6 @@ def test_mnist50_all_codecs(mnist50, binary):
     by = {(r["codec"], r["protocol"], r["input"]): r for r in live}
     if binary:
         assert ("png-1bit", "per_image", "1bit") in by
-        # bit-packing helps stream codecs on 0/1 bytes only in raw size; both rows exist
         assert ("gzip", "stream", "bitpacked") in by and ("gzip", "stream", "bytes") in by
         assert by[("jpegxl", "mosaic", "0/255")]["padding_images"] == 6  # 50 -> 7 x 8
         assert best_is_image_codec(rows)

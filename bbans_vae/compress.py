@@ -1,0 +1,127 @@
+"""Whole-file compression: validate pixels, code them in chains, wrap them in a container, and back.
+
+`compress` returns the container bytes and a report that separates real bits from estimates:
+    actual_bits      8 x the container's size: everything counted
+    payload_bits     the chains' ANS words (valid bits)
+    container_bits   actual_bits - payload_bits: header, word padding, chain flush
+    initial_bits     bits not got back on images coded plain (chain starts), inside payload_bits
+    ideal_bits       sum over images of -log2 p(x|z) - log2 p(z) + log2 q(z|x) at the z used
+    neg_elbo_bits    the model's -ELBO (continuous latents, 1-sample MC reconstruction)
+and each of them in bits per dimension (`*_bpd`).
+"""
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import constriction
+import numpy as np
+import torch
+
+from .coding import DEFAULT_LATENT_BITS, Encoded, decode_images, encode_images
+from .container import Header, pack, pixels_digest, unpack
+from .errors import ContainerError, InputError
+from .models import VAE
+from .train import dataset_neg_elbo_bits
+
+ENGINE = f"constriction {constriction.__version__}" if hasattr(constriction, "__version__") else "constriction 0.5.0"
+MAX_CHAINS = 4096
+
+
+def default_chains(n_images: int) -> int:
+    """Chains trade batch size (speed) against one-time start cost (rate): ~1 per 500 images."""
+    return int(min(64, max(1, n_images // 500)))
+
+
+def model_symbols(model: VAE, pixels: np.ndarray) -> tuple[np.ndarray, int]:
+    """Check pixels fit the model; returns (symbols, binary_scale). Raises InputError."""
+    if pixels.ndim != 3 or pixels.dtype != np.uint8:
+        raise InputError(f"expected an (N, H, W) uint8 array, got {pixels.dtype} {pixels.shape}")
+    if tuple(pixels.shape[1:]) != tuple(model.cfg.image_shape):
+        h, w = model.cfg.image_shape
+        raise InputError(f"images are {pixels.shape[1]}x{pixels.shape[2]} but the model codes {h}x{w} images")
+    if model.cfg.pixel_kind == "8bit":
+        return pixels, 0
+    values = np.unique(pixels)
+    if np.all(np.isin(values, (0, 1))):
+        return pixels, 1
+    if np.all(np.isin(values, (0, 255))):
+        return (pixels // 255).astype(np.uint8), 255
+    bad = values[~np.isin(values, (0, 1, 255))]
+    example = int(bad[0]) if len(bad) else 1
+    raise InputError(f"the model codes binary images (values 0/1 or 0/255) but the input has value {example}; "
+                     "binarize it first or use an 8-bit model")
+
+
+def compress(model: VAE, model_name: str, model_sha256_hex: str, pixels: np.ndarray,
+             names: list[str] | None = None, names_stem: str = "image", n_chains: int | None = None,
+             latent_bits: int = DEFAULT_LATENT_BITS, with_neg_elbo: bool = True,
+             progress: Callable[[int], None] | None = None) -> tuple[bytes, dict]:
+    symbols, scale = model_symbols(model, pixels)
+    N = len(pixels)
+    C = default_chains(N) if n_chains is None else n_chains
+    if not 1 <= C <= MAX_CHAINS:
+        raise InputError(f"--chains must be in 1..{MAX_CHAINS}")
+    C = min(C, N)
+    t0 = time.perf_counter()
+    enc = encode_images(model, symbols, C, latent_bits, progress)
+    seconds = time.perf_counter() - t0
+    header = Header(model_name=model_name, model_sha256=bytes.fromhex(model_sha256_hex)[:16], engine=ENGINE,
+                    torch_version=torch.__version__, coder_path="float32", pixel_kind=model.cfg.pixel_kind,
+                    binary_scale=scale, height=pixels.shape[1], width=pixels.shape[2], n_images=N,
+                    latent_bits=latent_bits, refine_steps=0, chain_words=[len(w) for w in enc.chain_words],
+                    plain_images=enc.plain_images, names_stem=None if names is not None else names_stem,
+                    names=names, pixels_sha256=pixels_digest(pixels))
+    data = pack(header, enc.chain_words)
+    report = coding_report(model, enc, len(data) * 8, N, seconds)
+    if with_neg_elbo:
+        nelbo = float(dataset_neg_elbo_bits(model, symbols).sum())
+        report.update(neg_elbo_bits=nelbo, neg_elbo_bpd=nelbo / report["n_dims"])
+    return data, report
+
+
+def coding_report(model: VAE, enc: Encoded, actual_bits: int, n_images: int, seconds: float) -> dict:
+    dims = n_images * model.cfg.n_pixels
+    r = {"n_images": n_images, "n_dims": dims, "chains": len(enc.chain_words),
+         "actual_bits": actual_bits, "payload_bits": enc.payload_bits,
+         "container_bits": actual_bits - enc.payload_bits, "initial_bits": enc.initial_bits,
+         "ideal_bits": enc.ideal_bits_total, "plain_images": len(enc.plain_images)}
+    for k in ("actual", "payload", "container", "initial", "ideal"):
+        r[f"{k}_bpd"] = r[f"{k}_bits"] / dims
+    r["encode_seconds"] = seconds
+    r["encode_images_per_second"] = n_images / seconds if seconds > 0 else None
+    return r
+
+
+def read_header(data: bytes) -> tuple[Header, list[np.ndarray]]:
+    return unpack(data)
+
+
+def decompress(data: bytes, model: VAE, model_sha256_hex: str,
+               progress: Callable[[int], None] | None = None) -> tuple[np.ndarray, Header, dict]:
+    """Decode a container with `model`; verifies model hash and pixel checksum. Pixels as given."""
+    header, chains = unpack(data)
+    if header.model_sha256 != bytes.fromhex(model_sha256_hex)[:16]:
+        raise ContainerError(f"this file was encoded with model {header.model_name!r} "
+                             f"(weights sha256 {header.model_sha256.hex()}...), not with the model given "
+                             f"({model_sha256_hex[:32]}...); pass --model with the encoder's checkpoint")
+    if header.engine != ENGINE:
+        raise ContainerError(f"this file was written with {header.engine}; this install has {ENGINE}")
+    if header.refine_steps:
+        raise ContainerError("this file uses posterior refinement, which this vaecompress cannot decode")
+    if header.pixel_kind != model.cfg.pixel_kind or header.image_shape != tuple(model.cfg.image_shape):
+        raise ContainerError(f"header says {header.pixel_kind} {header.height}x{header.width} images; "
+                             "the model does not code those")
+    max_images = 32 * sum(header.chain_words) + header.n_chains
+    if header.n_images > max_images:
+        raise ContainerError(f"corrupt header: {header.n_images} images cannot fit in {sum(header.chain_words)} words")
+    t0 = time.perf_counter()
+    symbols = decode_images(model, chains, header.n_images, header.image_shape, header.plain_images,
+                            header.latent_bits, progress)
+    seconds = time.perf_counter() - t0
+    pixels = symbols * np.uint8(header.binary_scale) if header.pixel_kind == "binary" else symbols
+    if pixels_digest(pixels) != header.pixels_sha256:
+        raise ContainerError("decoded pixels do not match the stored checksum: this file cannot be decoded "
+                             "exactly on this machine/configuration (or it is corrupt); nothing was written")
+    return pixels, header, {"n_images": header.n_images, "decode_seconds": seconds,
+                            "decode_images_per_second": header.n_images / seconds if seconds > 0 else None}
