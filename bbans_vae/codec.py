@@ -65,6 +65,17 @@ def Bernoulli(p_one: np.ndarray) -> Codec:
     return _family_codec(constriction.stream.model.Bernoulli(perfect=False), p_one)
 
 
+def QuantizedGaussian(params: tuple[np.ndarray, np.ndarray], lo: int = 0, hi: int = 255) -> Codec:
+    """Integers lo..hi, Gaussian(mean, std) mass per unit bin, end bins take the tails.
+
+    params: (mean, std), each (lanes, n) float64. constriction evaluates the CDF in Rust.
+    """
+    mean, std = params
+    if mean.dtype != np.float64 or std.dtype != np.float64:
+        raise TypeError("QuantizedGaussian parameters must be float64")
+    return _family_codec(constriction.stream.model.QuantizedGaussian(lo, hi), mean, std)
+
+
 def Uniform(n_symbols: int, n: int) -> Codec:
     """n i.i.d. uniform symbols in 0..n_symbols-1 per lane (the prior over latent buckets)."""
     model = constriction.stream.model.Uniform(n_symbols)
@@ -124,15 +135,17 @@ class LatentBuckets:
     def posterior_probs(self, mu: torch.Tensor, sigma: torch.Tensor) -> np.ndarray:
         """(B, D) float32 mean/std -> (B, D, 2^k) float64 bucket masses.
 
-        CDF differences for buckets below the mean, survival-function differences above it,
-        so the tails keep relative precision.
+        One ndtr call on -|s| gives the smaller tail at every edge, so masses are tail
+        differences on both sides of the mean (full relative precision far from it), and
+        1 - both tails for the bucket that holds the mean.
         """
-        mu = mu.double().unsqueeze(-1)
+        mu = mu.double().unsqueeze(-1)                                       # (B, D, 1)
         s = (self.edges - mu) / sigma.double().unsqueeze(-1)                 # (B, D, n+1)
-        cdf = torch.special.ndtr(s)
-        sf = torch.special.ndtr(-s)
-        upper = self.edges[:-1] >= mu                                        # (B, D, n)
-        mass = torch.where(upper, sf[..., :-1] - sf[..., 1:], cdf[..., 1:] - cdf[..., :-1])
+        tail = torch.special.ndtr(-s.abs())                                  # min(cdf, sf) per edge
+        lo, hi = tail[..., :-1], tail[..., 1:]
+        above = s[..., :-1] >= 0                                             # bucket starts at/after mu
+        below = s[..., 1:] <= 0                                              # bucket ends at/before mu
+        mass = torch.where(above, lo - hi, torch.where(below, hi - lo, 1.0 - lo - hi))
         return mass.clamp_(min=0.0).numpy()
 
     def values(self, idx: np.ndarray) -> torch.Tensor:

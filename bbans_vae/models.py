@@ -8,6 +8,8 @@ References
 - Kingma & Welling, Auto-Encoding Variational Bayes (2014): the VAE and the reparameterised ELBO.
 - Burda, Grosse & Salakhutdinov, Importance Weighted Autoencoders (2016): the IWAE bound.
 - Salimans et al., PixelCNN++ (2017): the discretized logistic (mixture) likelihood.
+- The discretized Gaussian is exactly constriction's `QuantizedGaussian(0, 255)`: bins of width 1,
+  the end bins take the tails (measured), so the coder evaluates it natively, with no tables.
 - The gaps paper's setting (`mlp-paper`): 784-500-500-500-10 ReLU MLP, softplus std, N(0, I).
 
 Presets (one table, `PRESETS`; parameter counts from `count_parameters`, 28x28 images):
@@ -17,9 +19,10 @@ Presets (one table, `PRESETS`; parameter counts from `count_parameters`, 28x28 i
 | mlp-paper       | 3 x 500 ReLU          | 10 | Bernoulli                 | 1,802,804|
 | mlp-bbans-bin   | 1 x 100 ReLU          | 40 | Bernoulli                 |   169,864|
 | mlp-bin         | 2 x 500 ReLU          | 32 | Bernoulli                 | 1,334,848|
-| mlp-8bit        | 2 x 500 ReLU          | 32 | discretized logistic, K=1 | 2,120,416|
+| mlp-8bit        | 2 x 500 ReLU          | 32 | discretized Gaussian      | PARAMS_8BIT|
+| mlp-8bit-logistic| 2 x 500 ReLU         | 32 | discretized logistic, K=1 | 2,120,416|
 | mlp-8bit-mix    | 2 x 500 ReLU          | 32 | discretized logistic, K=3 | 4,477,120|
-| mlp-bbans-8bit  | 1 x 200 ReLU          | 50 | discretized logistic, K=1 |   660,052|
+| mlp-bbans-8bit  | 1 x 200 ReLU          | 50 | discretized Gaussian      | PARAMS_BB8|
 """
 from __future__ import annotations
 
@@ -49,7 +52,7 @@ class ModelConfig:
     pixel_kind: str = "binary"          # "binary" (values {0,1}) or "8bit" (0..255)
     hidden: tuple = (500, 500, 500)
     latent_dim: int = 10
-    likelihood: str = "bernoulli"       # "bernoulli" | "logistic"
+    likelihood: str = "bernoulli"       # "bernoulli" | "gaussian" | "logistic"
     mixtures: int = 1                   # logistic mixture components (likelihood == "logistic")
 
     def to_dict(self) -> dict:
@@ -80,9 +83,9 @@ class ModelConfig:
             raise ModelError(f"unknown architecture {self.arch!r}; known: {', '.join(ARCHITECTURES)}")
         if self.pixel_kind not in ("binary", "8bit"):
             raise ModelError(f"pixel_kind must be 'binary' or '8bit', not {self.pixel_kind!r}")
-        want = "bernoulli" if self.pixel_kind == "binary" else "logistic"
-        if self.likelihood != want:
-            raise ModelError(f"{self.pixel_kind} pixels need the {want!r} likelihood, not {self.likelihood!r}")
+        allowed = ("bernoulli",) if self.pixel_kind == "binary" else ("gaussian", "logistic")
+        if self.likelihood not in allowed:
+            raise ModelError(f"{self.pixel_kind} pixels need one of the likelihoods {allowed}, not {self.likelihood!r}")
         if not (1 <= self.latent_dim <= 4096) or not self.hidden or min(self.hidden) < 1:
             raise ModelError("latent_dim must be in 1..4096 and hidden sizes positive")
         if len(self.image_shape) != 2 or min(self.image_shape) < 1 or self.n_pixels > 1 << 20:
@@ -106,13 +109,15 @@ PRESETS: dict[str, tuple[ModelConfig, str]] = {
                       "BB-ANS paper binary setting: 784-100-40, Bernoulli"),
     "mlp-bin": (ModelConfig(hidden=(500, 500), latent_dim=32),
                 "default binary model: 2x500 ReLU, z=32, Bernoulli"),
-    "mlp-8bit": (ModelConfig(pixel_kind="8bit", likelihood="logistic", hidden=(500, 500), latent_dim=32),
-                 "default 8-bit model: 2x500 ReLU, z=32, discretized logistic"),
+    "mlp-8bit": (ModelConfig(pixel_kind="8bit", likelihood="gaussian", hidden=(500, 500), latent_dim=32),
+                 "default 8-bit model: 2x500 ReLU, z=32, discretized Gaussian"),
+    "mlp-8bit-logistic": (ModelConfig(pixel_kind="8bit", likelihood="logistic", hidden=(500, 500), latent_dim=32),
+                          "2x500 ReLU, z=32, discretized logistic (table-coded: slower)"),
     "mlp-8bit-mix": (ModelConfig(pixel_kind="8bit", likelihood="logistic", hidden=(500, 500), latent_dim=32,
                                  mixtures=3),
                      "2x500 ReLU, z=32, 3-component discretized logistic mixture"),
-    "mlp-bbans-8bit": (ModelConfig(pixel_kind="8bit", likelihood="logistic", hidden=(200,), latent_dim=50),
-                       "BB-ANS paper 8-bit size: 784-200-50 (logistic instead of beta-binomial)"),
+    "mlp-bbans-8bit": (ModelConfig(pixel_kind="8bit", likelihood="gaussian", hidden=(200,), latent_dim=50),
+                       "BB-ANS paper 8-bit size: 784-200-50 (discretized Gaussian instead of beta-binomial)"),
 }
 
 
@@ -129,9 +134,14 @@ class BernoulliPixels:
     """p(x|z) = prod_i Bernoulli(x_i; sigmoid(logit_i)). Decoder output: (B, P) logits."""
 
     params_per_pixel = 1
+    coder_family = "bernoulli"
 
     def __init__(self, cfg: ModelConfig):
         self.cfg = cfg
+
+    def coder_log2_prob(self, p_one: np.ndarray, x: np.ndarray) -> np.ndarray:
+        p = np.maximum(np.where(x == 1, p_one, 1.0 - p_one), 2.0 ** -24)
+        return np.log2(p).sum(-1)
 
     def nll_bits(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         # x: (B, P) float in {0,1}; out: (B, P) -> (B,)
@@ -145,16 +155,73 @@ class BernoulliPixels:
         return torch.bernoulli(torch.sigmoid(out), generator=gen)
 
 
+class GaussianPixels:
+    """Discretized Gaussian over 0..255, end bins take the tails (= constriction QuantizedGaussian).
+
+    Decoder output: (B, P * 2) = mean (pixel units, via 127.5 + 127.5 * o) and log-std.
+    Coded natively by constriction from (mean, std): fast, and no float tables.
+    """
+
+    params_per_pixel = 2
+    coder_family = "quantized_gaussian"
+
+    def __init__(self, cfg: ModelConfig):
+        self.cfg = cfg
+
+    def _split(self, out: torch.Tensor):
+        out = out.view(out.shape[0], -1, 2)
+        mean = 127.5 + 127.5 * out[..., 0]
+        std = torch.exp(out[..., 1].clamp(min=-5.0, max=6.0) + math.log(16.0))   # (B, P)
+        return mean, std
+
+    @staticmethod
+    def _mass(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+        """P(x) for integer x in 0..255, as a difference of the two smaller tails (precise far
+        from the mean; values below 2^-24 do not matter since the coder floors there)."""
+        a = (x - 0.5 - mean) / std
+        b = (x + 0.5 - mean) / std
+        a = torch.where(x > 0, a, torch.full_like(a, -1e4))   # end bins reach into the tails;
+        b = torch.where(x < 255, b, torch.full_like(b, 1e4))   # finite, so gradients stay finite
+        flip = (a + b) > 0
+        lo = torch.where(flip, -b, a)                           # mirror to the left tail
+        hi = torch.where(flip, -a, b)
+        return torch.special.ndtr(hi) - torch.special.ndtr(lo)
+
+    def nll_bits(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """-log2 of (P(x) + 2^-24): the coder never spends more than 24 bits on a pixel."""
+        mean, std = self._split(out)
+        return -torch.log2(self._mass(x, mean, std) + 2.0 ** -24).sum(-1)
+
+    def coder_params(self, out: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        mean, std = self._split(out.detach())
+        return mean.double().numpy(), std.double().numpy()
+
+    def coder_log2_prob(self, params, x: np.ndarray) -> np.ndarray:
+        mean, std = (torch.from_numpy(p) for p in params)
+        p = self._mass(torch.from_numpy(x).double(), mean, std).clamp(min=2.0 ** -24)
+        return torch.log2(p).sum(-1).numpy()           # the coder gives every value >= 2^-24
+
+    def sample(self, out: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
+        mean, std = self._split(out)
+        return torch.round(mean + std * torch.randn(mean.shape, generator=gen)).clamp(0, 255)
+
+
 class LogisticPixels:
     """Discretized logistic mixture over 0..255 (PixelCNN++), end bins take the tails.
 
     Decoder output: (B, P, 3K) = K mixture logits, K means (pixel units), K log-scales.
     """
 
+    coder_family = "categorical"
+
     def __init__(self, cfg: ModelConfig):
         self.cfg = cfg
         self.k = cfg.mixtures
         self.params_per_pixel = 3 * self.k
+
+    def coder_log2_prob(self, table: np.ndarray, x: np.ndarray) -> np.ndarray:
+        p = np.take_along_axis(table, x[..., None].astype(np.int64), -1)[..., 0] / table.sum(-1)
+        return np.log2(np.maximum(p, 2.0 ** -24)).sum(-1)
 
     def _split(self, out: torch.Tensor):
         B = out.shape[0]
@@ -210,7 +277,7 @@ class LogisticPixels:
         return torch.round(m + s * (torch.log(u) - torch.log1p(-u))).clamp(0, 255)
 
 
-LIKELIHOODS = {"bernoulli": BernoulliPixels, "logistic": LogisticPixels}
+LIKELIHOODS = {"bernoulli": BernoulliPixels, "gaussian": GaussianPixels, "logistic": LogisticPixels}
 
 
 # ----------------------------------------------------------------------------- networks
@@ -255,7 +322,7 @@ class VAE(nn.Module):
         """Decoder output for (B, D) latents: likelihood parameters (B, P * params_per_pixel)."""
         return self.decoder(z)
 
-    def pixel_coder_params(self, z: torch.Tensor) -> np.ndarray:
+    def pixel_coder_params(self, z: torch.Tensor):
         return self.likelihood.coder_params(self.decode(z))
 
     def sample(self, n: int, gen: torch.Generator | None = None) -> torch.Tensor:

@@ -142,6 +142,13 @@ def train(run_dir: Path, args: TrainArgs, device: str = "cpu", meta: dict | None
                  "batch_size": args.batch_size, "lr": args.lr}
     last = None
     n = len(train_x)
+    log_path = run_dir / "train_log.jsonl"
+    train_seconds = 0.0
+    if log_path.exists():  # time spent before a resume
+        for line in log_path.read_text().splitlines():
+            rec = json.loads(line)
+            if rec.get("epoch", 0) < start_epoch:
+                train_seconds += float(rec.get("seconds", 0.0))
     for epoch in range(start_epoch, args.epochs + 1):
         t0 = time.time()
         model.train()
@@ -166,18 +173,20 @@ def train(run_dir: Path, args: TrainArgs, device: str = "cpu", meta: dict | None
             raise VaeCompressError(f"training diverged at epoch {epoch} (loss is not finite); lower --lr")
         record = {"epoch": epoch, "train_loss_bpd": total / count / cfg.n_pixels,
                   "seconds": time.time() - t0}
+        train_seconds += record["seconds"]
         is_save = epoch == args.epochs or (args.save_every and epoch % args.save_every == 0)
         if is_save:
             test_bits = dataset_neg_elbo_bits(model, test_x, device=device)
             record["test_neg_elbo_bpd"] = float(test_bits.mean() / cfg.n_pixels)
             last = run_dir / "checkpoints" / f"epoch_{epoch:04d}"
-            save_checkpoint(last, model, {**base_meta, "epoch": epoch, "metrics": record})
+            save_checkpoint(last, model, {**base_meta, "epoch": epoch, "metrics": record,
+                                          "train_seconds": round(train_seconds, 1)})
         # resume state, every epoch
         save_checkpoint(resume, model, {**base_meta, "epoch": epoch})
         tensors, groups = _adam_state_tensors(opt)
         save_tensors_atomic(tensors, resume / "optimizer.safetensors")
         write_json_atomic(resume / "optimizer.json", groups)
-        with open(run_dir / "train_log.jsonl", "a") as f:
+        with open(log_path, "a") as f:
             f.write(json.dumps(record) + "\n")
         if on_epoch:
             on_epoch(record)
