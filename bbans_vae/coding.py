@@ -79,34 +79,62 @@ def _log2_prob(table: np.ndarray, symbols: np.ndarray) -> np.ndarray:
     return np.log2(np.maximum(p, 2.0 ** -24)).sum(-1)  # the coder gives every symbol >= 2^-24
 
 
+class FloatBackend:
+    """Where the coder's distribution parameters come from: the float32 networks on this machine.
+
+    A backend has three jobs, each a pure function of its batch (SPEC §6.1):
+        posterior_probs(x)  (B, H, W) symbols -> (B, D, 2^k) float64 bucket masses of q(z|x)
+        pixel_params(z_idx) (B, D) bucket indices -> the pixel codec's float64 parameters
+        pixel_log2_prob(params, x) -> (B,) log2 p(x|z) as the coder sees it (for accounting)
+    and a `pixel_family` naming the codec in PIXEL_CODECS. Other backends (an exact integer
+    path, posterior refinement) implement the same three.
+    """
+
+    path = "float32"
+
+    def __init__(self, model: VAE, latent_bits: int):
+        self.model = model
+        self.buckets = LatentBuckets(latent_bits)
+        self.latent_dim = model.cfg.latent_dim
+        self.pixel_family = model.likelihood.coder_family
+
+    def posterior_probs(self, x: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            mu, sigma = self.model.posterior(torch.from_numpy(x))                # (B, D) each
+        return self.buckets.posterior_probs(mu, sigma)                             # (B, D, 2^k)
+
+    def pixel_params(self, z_idx: np.ndarray):
+        with torch.inference_mode():
+            return self.model.pixel_coder_params(self.buckets.values(z_idx))     # (B, P[, 256])
+
+    def pixel_log2_prob(self, params, x: np.ndarray) -> np.ndarray:
+        return self.model.likelihood.coder_log2_prob(params, x)
+
+
 class _Round:
-    """The network-backed codecs of one round, with what the accounting needs stashed.
+    """The backend's codecs for one round, with what the accounting needs stashed.
 
     `plain` (lanes,) bool: lanes coded without bits-back. The encoder decides it (trial pops);
     the decoder is told it by the container.
     """
 
-    def __init__(self, model: VAE, buckets: LatentBuckets, plain: np.ndarray, decide_plain: bool):
-        self.model, self.buckets = model, buckets
+    def __init__(self, backend: FloatBackend, plain: np.ndarray, decide_plain: bool):
+        self.backend = backend
         self.plain, self.decide_plain = plain, decide_plain
-        self.pixels = model.likelihood
-        self.D = model.cfg.latent_dim
+        self.D = backend.latent_dim
+        self.n_buckets = backend.buckets.n
         self.safe_bits = 24 * self.D + 64
         self.q_probs: np.ndarray | None = None
-        self.px_params: np.ndarray | None = None
+        self.px_params = None
         self.z: np.ndarray | None = None                      # latents popped at encode
-        self.codec = bits_back(Uniform(buckets.n, self.D), self.likelihood, self.posterior)
+        self.codec = bits_back(Uniform(self.n_buckets, self.D), self.likelihood, self.posterior)
 
     def likelihood(self, z_idx: np.ndarray) -> Codec:
-        with torch.inference_mode():
-            self.px_params = self.model.pixel_coder_params(self.buckets.values(z_idx))  # (B, P[, 256])
-        return PIXEL_CODECS[self.pixels.coder_family](self.px_params)
+        self.px_params = self.backend.pixel_params(z_idx)
+        return PIXEL_CODECS[self.backend.pixel_family](self.px_params)
 
     def posterior(self, x: np.ndarray) -> Codec:
-        with torch.inference_mode():
-            mu, sigma = self.model.posterior(torch.from_numpy(x))                      # (B, D) each
-        probs = self.buckets.posterior_probs(mu, sigma)                                  # (B, D, 2^k)
-        self.q_probs = probs
+        probs = self.q_probs = self.backend.posterior_probs(x)
 
         def pop(msg: Message):
             z = probs.argmax(-1)                                  # plain lanes keep the mode
@@ -134,17 +162,24 @@ class _Round:
     def ideal_bits(self, x: np.ndarray, z_idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Per lane: ideal net bits, and -log2 q(z|x) (the bits a plain image does not get back)."""
         flat = x.reshape(x.shape[0], -1)
-        neg_log_px = -self.pixels.coder_log2_prob(self.px_params, flat)
+        neg_log_px = -self.backend.pixel_log2_prob(self.px_params, flat)
         neg_log_q = -_log2_prob(self.q_probs, z_idx)
-        return neg_log_px + self.buckets.bits * self.D - neg_log_q, neg_log_q
+        return neg_log_px + self.backend.buckets.bits * self.D - neg_log_q, neg_log_q
+
+
+def make_backend(model: VAE, latent_bits: int, backend=None):
+    return backend if backend is not None else FloatBackend(model, latent_bits)
 
 
 def encode_images(model: VAE, images: np.ndarray, n_chains: int, latent_bits: int = DEFAULT_LATENT_BITS,
-                  progress: Callable[[int], None] | None = None) -> Encoded:
-    """Code (N, H, W) uint8 pixels ({0,1} for binary models, 0..255 for 8-bit) into C chains."""
+                  progress: Callable[[int], None] | None = None, backend=None) -> Encoded:
+    """Code (N, H, W) uint8 pixels ({0,1} for binary models, 0..255 for 8-bit) into C chains.
+
+    `backend` (default FloatBackend(model, latent_bits)) supplies the distributions.
+    """
     N = images.shape[0]
     layout = ChainLayout(N, max(1, min(n_chains, N)))
-    buckets = LatentBuckets(latent_bits)
+    backend = make_backend(model, latent_bits, backend)
     chains = [AnsCoder() for _ in range(layout.n_chains)]
     ideal = np.zeros(N)
     plain_images: list[int] = []
@@ -154,7 +189,7 @@ def encode_images(model: VAE, images: np.ndarray, n_chains: int, latent_bits: in
         for t in range(layout.n_rounds):
             idx = layout.round_images(t)
             x = np.ascontiguousarray(images[idx])
-            rnd = _Round(model, buckets, np.zeros(len(idx), bool), decide_plain=True)
+            rnd = _Round(backend, np.zeros(len(idx), bool), decide_plain=True)
             rnd.codec.push(chains[:len(idx)], x.reshape(len(idx), -1))
             bits, neg_log_q = rnd.ideal_bits(x, rnd.z)
             ideal[idx] = bits
@@ -173,14 +208,14 @@ def encode_images(model: VAE, images: np.ndarray, n_chains: int, latent_bits: in
 
 def decode_images(model: VAE, chain_words: list[np.ndarray], n_images: int, image_shape: tuple,
                   plain_images: list[int], latent_bits: int = DEFAULT_LATENT_BITS,
-                  progress: Callable[[int], None] | None = None) -> np.ndarray:
+                  progress: Callable[[int], None] | None = None, backend=None) -> np.ndarray:
     """Inverse of `encode_images`: (N, H, W) uint8 symbols. Every chain must end empty.
 
     Corrupt input is caught as early as possible: a chain that runs dry before its first image
     or holds bits after it raises ContainerError (so a hostile image count cannot make us loop).
     """
     layout = ChainLayout(n_images, len(chain_words))
-    buckets = LatentBuckets(latent_bits)
+    backend = make_backend(model, latent_bits, backend)
     try:
         chains = [AnsCoder(np.asarray(w, dtype=np.uint32)) for w in chain_words]
     except Exception as e:  # constriction rejects e.g. a zero last word
@@ -192,7 +227,7 @@ def decode_images(model: VAE, chain_words: list[np.ndarray], n_images: int, imag
     with single_thread():
         for t in reversed(range(layout.n_rounds)):
             idx = layout.round_images(t)
-            rnd = _Round(model, buckets, plain_set[idx].copy(), decide_plain=False)
+            rnd = _Round(backend, plain_set[idx].copy(), decide_plain=False)
             msg = chains[:len(idx)]
             if any(c.is_empty() for c in msg):
                 raise ContainerError("corrupt payload: a chain ran out of data before its first image")

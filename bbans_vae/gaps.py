@@ -106,7 +106,7 @@ class GapsConfig:
 
 
 # Settings of `vaecompress gaps --quick` (see QUICK_TRAIN for the run it trains).
-QUICK_GAPS = GapsConfig(refit_epochs=15, elbo_samples=10, max_test=1000, train_eval_size=2000, chains=10,
+QUICK_GAPS = GapsConfig(refit_epochs=20, elbo_samples=10, max_test=1000, train_eval_size=2000, chains=10,
                         split="last", split_images=300, iwae_k=200, local_steps=100)
 
 
@@ -116,7 +116,7 @@ class QuickTrain:
     preset: str = "mlp-paper"
     hidden: tuple | None = None      # override the preset's hidden sizes
     train_size: int = 1000
-    epochs: int = 30
+    epochs: int = 50
     save_every: int = 10
     seed: int = 0
 
@@ -580,6 +580,8 @@ def plot(result: dict, path: Path) -> None:
             a1.plot(ep, [r[akey] for r in recs], "x", color=color, markersize=8, label=f"{label}: bitstream")
     split = [r for r in recs if "test_iwae_bpd" in r]
     if split:
+        a1.plot([r["epoch"] for r in split], [r["split_test_elbo_bpd"] for r in split], "o", color="C3", mfc="none",
+                label=f"test (φ_N) on the first {split[0]['split_n_images']}")
         a1.plot([r["epoch"] for r in split], [r["test_local_opt_bpd"] for r in split], "s", color="C4", mfc="none",
                 label=f"test, per-image q (first {split[0]['split_n_images']})")
         a1.plot([r["epoch"] for r in split], [r["test_iwae_bpd"] for r in split], "^", color="C5", mfc="none",
