@@ -18,7 +18,8 @@ import constriction
 import numpy as np
 import torch
 
-from .coding import DEFAULT_LATENT_BITS, Encoded, decode_images, encode_images
+from .coding import DEFAULT_LATENT_BITS, Encoded, FloatBackend, decode_images, encode_images
+from .refine import DEFAULT_REFINE_LR, RefineBackend
 from .container import Header, pack, pixels_digest, unpack
 from .errors import ContainerError, InputError
 from .models import VAE
@@ -26,6 +27,12 @@ from .train import dataset_neg_elbo_bits
 
 ENGINE = f"constriction {constriction.__version__}" if hasattr(constriction, "__version__") else "constriction 0.5.0"
 MAX_CHAINS = 4096
+
+
+def make_float_backend(model: VAE, latent_bits: int, refine_steps: int, refine_lr_e4: int):
+    if refine_steps:
+        return RefineBackend(model, latent_bits, refine_steps, refine_lr_e4 / 1e4)
+    return FloatBackend(model, latent_bits)
 
 
 def default_chains(n_images: int) -> int:
@@ -56,24 +63,31 @@ def model_symbols(model: VAE, pixels: np.ndarray) -> tuple[np.ndarray, int]:
 def compress(model: VAE, model_name: str, model_sha256_hex: str, pixels: np.ndarray,
              names: list[str] | None = None, names_stem: str = "image", n_chains: int | None = None,
              latent_bits: int = DEFAULT_LATENT_BITS, with_neg_elbo: bool = True,
-             progress: Callable[[int], None] | None = None) -> tuple[bytes, dict]:
+             progress: Callable[[int], None] | None = None, refine_steps: int = 0,
+             refine_lr: float = DEFAULT_REFINE_LR) -> tuple[bytes, dict]:
     symbols, scale = model_symbols(model, pixels)
     N = len(pixels)
     C = default_chains(N) if n_chains is None else n_chains
     if not 1 <= C <= MAX_CHAINS:
         raise InputError(f"--chains must be in 1..{MAX_CHAINS}")
     C = min(C, N)
+    if not 0 <= refine_steps <= 10_000:
+        raise InputError("--refine-steps must be in 0..10000")
+    refine_lr_e4 = int(round(refine_lr * 1e4))
+    backend = make_float_backend(model, latent_bits, refine_steps, refine_lr_e4)
     t0 = time.perf_counter()
-    enc = encode_images(model, symbols, C, latent_bits, progress)
+    enc = encode_images(model, symbols, C, latent_bits, progress, backend=backend)
     seconds = time.perf_counter() - t0
     header = Header(model_name=model_name, model_sha256=bytes.fromhex(model_sha256_hex)[:16], engine=ENGINE,
                     torch_version=torch.__version__, coder_path="float32", pixel_kind=model.cfg.pixel_kind,
                     binary_scale=scale, height=pixels.shape[1], width=pixels.shape[2], n_images=N,
-                    latent_bits=latent_bits, refine_steps=0, chain_words=[len(w) for w in enc.chain_words],
+                    latent_bits=latent_bits, refine_steps=refine_steps, refine_lr_e4=refine_lr_e4 if refine_steps else 0,
+                    chain_words=[len(w) for w in enc.chain_words],
                     plain_images=enc.plain_images, names_stem=None if names is not None else names_stem,
                     names=names, pixels_sha256=pixels_digest(pixels))
     data = pack(header, enc.chain_words)
     report = coding_report(model, enc, len(data) * 8, N, seconds)
+    report.update(refine_steps=refine_steps, latent_bits=latent_bits)
     if with_neg_elbo:
         nelbo = float(dataset_neg_elbo_bits(model, symbols).sum())
         report.update(neg_elbo_bits=nelbo, neg_elbo_bpd=nelbo / report["n_dims"])
@@ -107,8 +121,6 @@ def decompress(data: bytes, model: VAE, model_sha256_hex: str,
                              f"({model_sha256_hex[:32]}...); pass --model with the encoder's checkpoint")
     if header.engine != ENGINE:
         raise ContainerError(f"this file was written with {header.engine}; this install has {ENGINE}")
-    if header.refine_steps:
-        raise ContainerError("this file uses posterior refinement, which this vaecompress cannot decode")
     if header.pixel_kind != model.cfg.pixel_kind or header.image_shape != tuple(model.cfg.image_shape):
         raise ContainerError(f"header says {header.pixel_kind} {header.height}x{header.width} images; "
                              "the model does not code those")
@@ -116,8 +128,9 @@ def decompress(data: bytes, model: VAE, model_sha256_hex: str,
     if header.n_images > max_images:
         raise ContainerError(f"corrupt header: {header.n_images} images cannot fit in {sum(header.chain_words)} words")
     t0 = time.perf_counter()
+    backend = make_float_backend(model, header.latent_bits, header.refine_steps, header.refine_lr_e4)
     symbols = decode_images(model, chains, header.n_images, header.image_shape, header.plain_images,
-                            header.latent_bits, progress)
+                            header.latent_bits, progress, backend=backend)
     seconds = time.perf_counter() - t0
     pixels = symbols * np.uint8(header.binary_scale) if header.pixel_kind == "binary" else symbols
     if pixels_digest(pixels) != header.pixels_sha256:

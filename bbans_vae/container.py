@@ -17,6 +17,7 @@ Layout (version 1; integers are unsigned LEB128 varints unless a width is given)
       n_images       varint
       latent_bits    u8        2^k equal-mass latent buckets per dimension
       refine_steps   varint    posterior refinement steps (0 = none)
+      refine_lr      varint    refinement Adam step size x 10^4 (only if refine_steps > 0)
       n_chains       varint
       chain_words    n_chains varints (32-bit words per chain)
       plain          varint count, then varint gaps: images coded without bits-back
@@ -69,6 +70,7 @@ class Header:
     names: list[str] | None        # explicit names
     pixels_sha256: bytes           # 16 bytes
     payload_crc32: int = 0
+    refine_lr_e4: int = 0          # refinement step size x 10^4
 
     @property
     def n_chains(self) -> int:
@@ -117,7 +119,8 @@ def pack(h: Header, chain_words: list[np.ndarray]) -> bytes:
     parts = [_str(h.model_name), h.model_sha256[:16], _str(h.engine), _str(h.torch_version),
              bytes([CODER_PATHS.index(h.coder_path), PIXEL_KINDS.index(h.pixel_kind), h.binary_scale]),
              _varint(h.height), _varint(h.width), _varint(h.n_images), bytes([h.latent_bits]),
-             _varint(h.refine_steps), _varint(h.n_chains), *(_varint(n) for n in h.chain_words),
+             _varint(h.refine_steps), *([_varint(h.refine_lr_e4)] if h.refine_steps else []),
+             _varint(h.n_chains), *(_varint(n) for n in h.chain_words),
              _varint(len(h.plain_images))]
     prev = -1
     for i in h.plain_images:
@@ -206,6 +209,9 @@ def unpack(data: bytes) -> tuple[Header, list[np.ndarray]]:
     if not 1 <= latent_bits <= 16:
         raise ContainerError(f"corrupt header: latent bits {latent_bits}")
     refine_steps = r.varint(10_000, "refine steps")
+    refine_lr_e4 = r.varint(100_000, "refine step size") if refine_steps else 0
+    if refine_steps and refine_lr_e4 == 0:
+        raise ContainerError("corrupt header: refinement with a zero step size")
     n_chains = r.varint(n_images, "chain count")
     if n_chains < 1:
         raise ContainerError("corrupt header: zero chains")
@@ -247,5 +253,6 @@ def unpack(data: bytes) -> tuple[Header, list[np.ndarray]]:
         chains.append(words[start:start + n])
         start += n
     header = Header(model_name, model_sha, engine, torch_version, CODER_PATHS[path_i], kind, scale, height, width,
-                    n_images, latent_bits, refine_steps, chain_words, plain, names_stem, names, pixels_sha, crc)
+                    n_images, latent_bits, refine_steps, chain_words, plain, names_stem, names, pixels_sha, crc,
+                    refine_lr_e4)
     return header, chains

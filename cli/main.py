@@ -253,8 +253,9 @@ def _load_for_coding(model_ref: str):
               help="Independent ANS chains (batch size of the network calls). Default: 1 per 500 images, max 64.")
 @click.option("--latent-bits", type=click.IntRange(4, 14), default=8, show_default=True,
               help="2^K equal-mass buckets per latent dimension.")
-@click.option("--refine-steps", type=click.IntRange(0, 0), default=0, show_default=True,
-              help="Transmit-free posterior refinement steps (not available yet: 0 only).")
+@click.option("--refine-steps", type=click.IntRange(0, 1000), default=0, show_default=True,
+              help="Transmit-free posterior refinement: K Adam steps on each image's ELBO before coding "
+                   "its latent; the decoder repeats them. Smaller files, ~K times slower.")
 @click.option("--force", "-f", is_flag=True, help="Overwrite OUTPUT if it exists.")
 @click.option("--json", "as_json", is_flag=True, help="Print the coding report as JSON.")
 @quiet_option
@@ -287,7 +288,8 @@ def encode(inputs, output, model_ref, chains, latent_bits, refine_steps, force, 
     with progress_bar(len(images.pixels), "encode", quiet) as bar:
         data, report = compress(model, model_ref, config["weights_sha256"], images.pixels,
                                 names=None if indexed else images.names, names_stem=stem or "image",
-                                n_chains=chains, latent_bits=latent_bits, progress=bar.update)
+                                n_chains=chains, latent_bits=latent_bits, progress=bar.update,
+                                refine_steps=refine_steps)
     write_file_atomic(out, data, force=force)
     report = {"output": str(out), "model": model_ref, "bytes": len(data), **report}
     if as_json:
@@ -414,7 +416,7 @@ def demo(limit, chains, as_json, quiet):
 @click.option("--csv", "csv_out", type=click.Path(dir_okay=False), default=None, help="Write one CSV row per checkpoint.")
 @click.option("--plot", "plot_out", type=click.Path(dir_okay=False), default=None, help="Write a PNG plot.")
 @click.option("--quick", is_flag=True,
-              help="Small fast setting (see below); trains RUN_DIR first if it holds no checkpoint.")
+              help="Small fast setting (described above); trains RUN_DIR first if it holds no checkpoint.")
 @click.option("--iwae", "iwae_k", type=click.IntRange(1), default=None,
               help="Importance samples K for -log p(x).  [default: 1000; --quick: 200]")
 @click.option("--local-steps", type=click.IntRange(0), default=None,
@@ -446,8 +448,8 @@ def gaps(run_dir, refit_epochs, json_out, csv_out, plot_out, quick, iwae_k, loca
     training encoder (test) and with an encoder refit on the test images with the decoder
     frozen (refit); EGG = test - train, AIGG = test - refit, GMGG = refit - train. Columns
     marked * are real BB-ANS bitstreams of the same image sets (ANS payload incl. chain-start
-    bits; container header excluded). At the last checkpoint the test -ELBO is split into
-    -log p(x) (IWAE) + approximation gap + amortization gap (per-image optimised q).
+    bits; container header excluded). At the last checkpoint (see --split) the test -ELBO is
+    split into -log p(x) (IWAE) + approximation gap + amortization gap (per-image optimised q).
 
     RUN_DIR is a directory made by `vaecompress train ... --save-every S -o RUN_DIR`.
 
@@ -528,3 +530,91 @@ def gaps(run_dir, refit_epochs, json_out, csv_out, plot_out, quick, iwae_k, loca
             writer(res, Path(path))
             click.echo(f"wrote {path}")
     click.echo(f"{len(res['checkpoints'])} checkpoints in {time.time() - t0:.0f} s")
+
+
+# ----------------------------------------------------------------------------- bench
+
+
+@main.command(context_settings=CONTEXT)
+@click.option("--dataset", "-d", "datasets", multiple=True,
+              help="Dataset to benchmark (repeatable). Default: mnist-bin, mnist-bin-stoch, binarized-mnist, "
+                   "mnist, fashion-mnist.  [--quick: mnist-bin, mnist]")
+@click.option("--model", "-m", "model_refs", multiple=True,
+              help="Bundled model name or checkpoint/run directory (repeatable). Default: every bundled model; "
+                   "each is run on every dataset it fits (same pixel kind and image size).")
+@click.option("--limit", type=click.IntRange(1), default=None,
+              help="Only the first N test images of each dataset.  [default: all; --quick: 200]")
+@click.option("--out", "-o", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="Write results.json, README.md and plots (PNG) into this directory.")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None, help="Write the full result as JSON.")
+@click.option("--no-classical", is_flag=True, help="Skip the classical codecs (gzip ... JPEG-XL).")
+@click.option("--quick", is_flag=True, help="Small fast setting (about a minute): see below.")
+@click.option("--chains", "chains_list", default=None,
+              help="Chain counts of the speed sweep, e.g. 1,4,16,64 ('' to skip).  [default: 1,4,16,64; --quick: 1,4,16]")
+@click.option("--jxl-effort", type=click.IntRange(1, 10), default=None,
+              help="JPEG-XL effort.  [default: the library's maximum (10 for libjxl >= 0.10); --quick: 7]")
+@click.option("--single-images", type=click.IntRange(1), default=None,
+              help="Images coded one file each in the `single` protocol.  [default: 200; --quick: 50]")
+@data_dir_option
+@quiet_option
+def bench(datasets, model_refs, limit, out_dir, json_out, no_classical, quick, chains_list, jxl_effort,
+          single_images, data_dir, quiet):
+    """Benchmark BB-ANS against classical lossless codecs on the same test images; print the
+    headline table (our best bpd vs the best classical codec per dataset).
+
+    Classical codecs (gzip, bz2, xz, zstd, brotli, PNG, WebP, JPEG-XL, JPEG-LS) run on the whole set
+    as one stream, per image and as one mosaic. BB-ANS runs with every fitting model in three
+    protocols: `all` (one file), `chunks100` (one file per 100 images, 1 chain each) and `single`
+    (one file per image, first 200 images: shows the one-time chain-start cost). Every result is
+    decoded and checked pixel for pixel. Also: a speed sweep over chain counts with the main binary
+    model (images/s encode and decode vs the bare network forward passes) and the rate of one file
+    holding the first n images (n = 1, 10, 100, 1000, 10000).
+
+    --quick: mnist-bin and mnist, first 200 images, JPEG-XL effort 7, sweep 1,4,16 chains, 50
+    single-image files.
+
+    \b
+    Examples:
+      vaecompress bench --quick
+      vaecompress bench -d mnist-bin --limit 1000 --json bench.json
+      vaecompress bench --model mnist-bin --model runs/paper -d mnist-bin -d binarized-mnist -o out/
+      vaecompress bench -o benchmarks/results/bench      # the full run (see benchmarks/run_all.sh)
+    """
+    from tqdm import tqdm
+    from bbans_vae import bench as B
+
+    q = B.QUICK
+    if quick:
+        datasets = datasets or q.datasets
+        limit = limit if limit is not None else q.limit
+        jxl_effort = jxl_effort if jxl_effort is not None else q.jxl_effort
+        single_images = single_images if single_images is not None else q.single_images
+    if chains_list is None:
+        chains = q.chains_list if quick else B.CHAINS_SWEEP
+    else:
+        try:
+            chains = tuple(int(c) for c in chains_list.split(",") if c.strip())
+        except ValueError:
+            raise VaeCompressError(f"--chains must be comma-separated integers, not {chains_list!r}") from None
+    bar = tqdm(total=1, desc="bench", disable=quiet or not sys.stderr.isatty(), file=sys.stderr, leave=False,
+               bar_format="{desc:<60.60} {n_fmt}/{total_fmt} |{bar}| {elapsed}")
+
+    def on_progress(done, total, text):
+        bar.total = total
+        bar.n = done
+        bar.set_description(text)
+        bar.refresh()
+
+    res = B.run_bench(datasets or B.DATASETS, list(model_refs) if model_refs else None, limit=limit,
+                      chains_list=chains, classical=not no_classical, effort=jxl_effort, progress=on_progress,
+                      single_images=single_images or B.SINGLE_IMAGES, data_dir=data_dir, command=command_line())
+    bar.close()
+    click.echo(B.format_headline(res))
+    if out_dir:
+        for p in B.write_results(res, out_dir):
+            click.echo(f"wrote {p}")
+    if json_out:
+        click.echo(f"wrote {B.write_json(res, json_out)}")
+    click.echo(f"bench finished in {res['elapsed_seconds']:.0f} s")
+    if not res["all_verified"]:
+        raise VaeCompressError("a decoded image differs from the original (see the rows marked NOT VERIFIED)")

@@ -108,3 +108,28 @@ def test_bundled_models_roundtrip_and_rate(bundled, sample_images, name):
     assert abs(overhead) < 0.005 * enc.ideal_bits_total, overhead
     nelbo = dataset_neg_elbo_bits(model, x, n_samples=8).sum()
     assert abs(enc.ideal_bits_total - nelbo) < 0.02 * nelbo, (enc.ideal_bits_total, nelbo)
+
+
+@pytest.mark.parametrize("steps", [1, 5, 10])
+def test_refinement_roundtrip(sample_images, steps):
+    """Transmit-free refinement: the decoder repeats the encoder's K steps exactly."""
+    from bbans_vae.refine import RefineBackend
+    model = random_model("mlp-bbans-bin", hidden=(64,), latent_dim=8)
+    x = binary(sample_images[:24])
+    backend = RefineBackend(model, 8, steps)
+    enc = encode_images(model, x, 3, 8, backend=backend)
+    y = decode_images(model, enc.chain_words, len(x), (28, 28), enc.plain_images, 8,
+                      backend=RefineBackend(model, 8, steps))
+    assert np.array_equal(x, y)
+
+
+def test_refinement_lowers_the_elbo_it_optimises(sample_images):
+    import torch
+    from bbans_vae.models import neg_elbo_bits
+    from bbans_vae.refine import refine_posterior
+    model = random_model("mlp-bbans-bin", hidden=(64,), latent_dim=8)
+    x = torch.from_numpy(binary(sample_images[:50]))
+    gen = lambda: torch.Generator().manual_seed(1)
+    before = neg_elbo_bits(model, x, n_samples=16, gen=gen()).mean()
+    after = neg_elbo_bits(model, x, n_samples=16, gen=gen(), posterior=refine_posterior(model, x, 10)).mean()
+    assert after < before

@@ -1,7 +1,11 @@
 """`vaecompress gaps`: EGG = AIGG + GMGG per checkpoint, as -ELBO estimates and as real bitstreams.
 
-Runs a shrunken version of the `--quick` setting (a 2x200 MLP on 500 mnist-bin images, 2
-checkpoints, 300 test images) so the module takes well under 2 minutes on 2 busy cores.
+Runs a shrunken version of the `--quick` setting (a 2x200 MLP on 500 mnist-bin images,
+checkpoints at epochs 15 and 30, 300 test images) so the module takes ~10 s on 2 busy cores.
+Not earlier checkpoints: in the first few dozen Adam steps the encoder emits q wider than the
+prior (sigma up to ~2-5), where the bucketed latent code legitimately beats the continuous -ELBO
+by up to ~0.04 bpd (each latent's cost is capped at latent_bits, z is clamped to +-3.3), so
+bitstream and ELBO gaps need not agree there; the JSON reports it as `*_actual_minus_elbo_bpd`.
 """
 from __future__ import annotations
 
@@ -16,7 +20,7 @@ import torch
 
 from bbans_vae import gaps as G
 
-TINY_TRAIN = G.QuickTrain(hidden=(200, 200), train_size=500, epochs=6, save_every=3)
+TINY_TRAIN = G.QuickTrain(hidden=(200, 200), train_size=500, epochs=30, save_every=15)
 TINY_GAPS = dataclasses.replace(G.QUICK_GAPS, refit_epochs=10, max_test=300, train_eval_size=500, chains=5,
                                 split_images=100, iwae_k=50, local_steps=30)
 
@@ -46,7 +50,7 @@ def result(tiny_run, real_data_root):
 
 
 def test_checkpoints_and_images(result):
-    assert [r["epoch"] for r in result["checkpoints"]] == [3, 6]
+    assert [r["epoch"] for r in result["checkpoints"]] == [15, 30]
     assert result["train_subset_size"] == 500 and result["train_eval_n_images"] == 500
     assert result["test_n_images"] == 300
     assert result["container_header_bits_included"] is False
@@ -113,7 +117,7 @@ def test_outputs_written(result, tmp_path):
     back = json.loads((tmp_path / "g.json").read_text())
     assert back["format"] == G.FORMAT and len(back["checkpoints"]) == 2
     rows = list(csv.DictReader(open(tmp_path / "g.csv")))
-    assert [int(r["epoch"]) for r in rows] == [3, 6] and float(rows[1]["aigg_bpd"]) == pytest.approx(
+    assert [int(r["epoch"]) for r in rows] == [15, 30] and float(rows[1]["aigg_bpd"]) == pytest.approx(
         result["checkpoints"][1]["aigg_bpd"])
     assert (tmp_path / "g.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -141,7 +145,7 @@ def test_cli_gaps(tiny_run, real_data_root, tmp_path):
     before = torch.get_num_threads()
     try:
         res = CliRunner().invoke(main, [
-            "gaps", str(tiny_run), "--data-dir", str(real_data_root), "--epochs", "6", "--refit-epochs", "3",
+            "gaps", str(tiny_run), "--data-dir", str(real_data_root), "--epochs", "30", "--refit-epochs", "3",
             "--max-test", "200", "--train-eval-size", "200", "--split-images", "50", "--iwae", "20",
             "--local-steps", "10", "--samples", "2", "--chains", "4",
             "--json", str(tmp_path / "o.json"), "--csv", str(tmp_path / "o.csv"), "--plot", str(tmp_path / "o.png")])

@@ -1,0 +1,698 @@
+"""`vaecompress bench`: BB-ANS against classical lossless codecs on the same images (SPEC §9).
+
+`run_bench` measures, for each dataset (its test split, or the first `limit` images):
+
+* classical codecs (`baselines.measure`, every protocol: ``stream``, ``per_image``, ``mosaic``;
+  binary data also as bit-packed bytes and 1-bit images);
+* BB-ANS with every compatible model (same pixel kind and image shape) in three protocols:
+  ``all`` (one .vae file holding every image, default chains), ``chunks100`` (one file per 100
+  consecutive images, 1 chain each, sizes summed) and ``single`` (one file per image, on the
+  first `single_images` images), which shows the one-time chain-start cost (`initial_bits`);
+  each row is decoded in full and compared pixel for pixel, and timed against the bare network
+  forward passes over the same images in the same batches (one batch per coding round, one
+  thread, as coding runs);
+* a speed sweep (chains 1, 4, 16, 64 on the full set) with the main binary model;
+* a rate-vs-number-of-images curve (one file holding the first n images) for each model.
+
+`write_results` writes results.json, README.md and plots. Nothing here prints; progress is
+reported through a callback ``progress(done_steps, total_steps, text)``.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+
+from . import baselines
+from .checkpoint import bundled_models, load_model
+from .coding import DEFAULT_LATENT_BITS, ChainLayout, single_thread
+from .compress import compress, decompress, default_chains
+from .data import dataset_spec, load_dataset
+from .errors import VaeCompressError
+from .models import VAE, count_parameters
+from .train import dataset_neg_elbo_bits
+
+__all__ = ["DATASETS", "QUICK", "PROTOCOLS", "run_bench", "write_results", "format_headline",
+           "quick_settings"]
+
+FORMAT = "vaecompress-bench/1"
+DATASETS = ("mnist-bin", "mnist-bin-stoch", "binarized-mnist", "mnist", "fashion-mnist")
+CHAINS_SWEEP = (1, 4, 16, 64)
+CURVE_SIZES = (1, 10, 100, 1000, 10000)
+CHUNK_IMAGES = 100
+SINGLE_IMAGES = 200
+SPLIT = "test"
+
+PROTOCOLS = {
+    "stream": "classical stream codec on the whole set as one byte stream (images concatenated "
+              "row-major; binary sets as bit-packed bytes, 8 pixels per byte, and as raw 0/1 bytes: "
+              "see `input`)",
+    "per_image": "classical codec on each image on its own (no shared state), sizes summed",
+    "mosaic": "classical image codec on one near-square mosaic of all images (padding tiles "
+              "are all zero, their cost is charged)",
+    "all": "BB-ANS: every image in one .vae file (container header included), default chains "
+           "(1 per 500 images, at most 64)",
+    "chunks100": f"BB-ANS: one .vae file per {CHUNK_IMAGES} consecutive images, 1 chain each, "
+                 "container sizes summed",
+    "single": "BB-ANS: one .vae file per image (1 chain; an image alone in a chain cannot get bits "
+              "back, so it pays its full latent cost as initial_bits), on the first {single} images",
+}
+BBANS_PROTOCOLS = ("all", "chunks100", "single")
+
+
+@dataclass(frozen=True)
+class QuickSettings:
+    datasets: tuple = ("mnist-bin", "mnist")
+    limit: int = 200
+    jxl_effort: int = 7
+    chains_list: tuple = (1, 4, 16)
+    single_images: int = 50
+
+
+QUICK = QuickSettings()
+
+
+def quick_settings() -> QuickSettings:
+    return QUICK
+
+
+Progress = Callable[[int, int, str], None]
+
+
+# ----------------------------------------------------------------------------- environment
+
+
+def _versions() -> dict:
+    from importlib import metadata
+
+    out = {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__}
+    for pkg in ("constriction", "imagecodecs", "vaecompress", "Pillow", "matplotlib"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def _machine() -> dict:
+    try:
+        affinity = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        affinity = None
+    cpu_model = None
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu_count": os.cpu_count(), "cpus_usable": affinity, "cpu_model": cpu_model,
+            "platform": platform.platform(), "machine": platform.machine(),
+            "torch_threads_default": torch.get_num_threads(), "coding_threads": 1}
+
+
+# ----------------------------------------------------------------------------- models
+
+
+@dataclass
+class _Model:
+    name: str
+    model: VAE
+    config: dict
+    path: Path
+
+    @property
+    def sha(self) -> str:
+        return self.config["weights_sha256"]
+
+    def info(self) -> dict:
+        c = self.model.cfg
+        return {"name": self.name, "path": str(self.path), "dataset": self.config.get("dataset"),
+                "preset": self.config.get("preset"), "epoch": self.config.get("epoch"),
+                "pixel_kind": c.pixel_kind, "image_shape": list(c.image_shape), "hidden": list(c.hidden),
+                "latent_dim": c.latent_dim, "likelihood": c.likelihood,
+                "parameters": count_parameters(self.model), "weights_sha256": self.sha,
+                "test_neg_elbo_bpd": (self.config.get("metrics") or {}).get("test_neg_elbo_bpd")}
+
+    def fits(self, spec) -> bool:
+        c = self.model.cfg
+        return c.pixel_kind == spec.pixel_kind and tuple(c.image_shape) == tuple(spec.image_shape)
+
+
+def _load_models(refs: Sequence[str] | None) -> list[_Model]:
+    refs = list(bundled_models()) if refs is None else list(refs)
+    out = []
+    for ref in dict.fromkeys(refs):
+        model, config, path = load_model(str(ref))
+        out.append(_Model(str(ref), model, config, Path(path)))
+    return out
+
+
+# ----------------------------------------------------------------------------- measuring BB-ANS
+
+
+def forward_seconds(model: VAE, images: np.ndarray, n_chains: int, file_images: int | None = None) -> float:
+    """Time of the bare encoder + decoder forward passes coding would make over `images`.
+
+    Same batches as coding: files of `file_images` images (default: one file), each split into
+    rounds of one image per chain; per round one encoder pass on the round's images and one
+    decoder pass on latents of the same batch size; one thread.
+    """
+    n = len(images)
+    file_images = n if file_images is None else file_images
+    model.eval()
+    total = 0.0
+    with single_thread(), torch.inference_mode():
+        for start in range(0, n, file_images):
+            chunk = images[start:start + file_images]
+            layout = ChainLayout(len(chunk), max(1, min(n_chains, len(chunk))))
+            t0 = time.perf_counter()
+            for t in range(layout.n_rounds):
+                x = torch.from_numpy(np.ascontiguousarray(chunk[layout.round_images(t)]))
+                mu, _ = model.posterior(x)
+                model.decode(mu)
+            total += time.perf_counter() - t0
+    return total
+
+
+def _code_files(m: _Model, images: np.ndarray, nelbo_bits: np.ndarray, protocol: str, file_images: int,
+                n_chains: int | None, latent_bits: int, with_forward: bool = True) -> dict:
+    """Encode `images` as files of `file_images` images, decode each, verify; one result row."""
+    n, dims = len(images), images[0].size * len(images)
+    totals = dict(actual_bits=0, payload_bits=0, container_bits=0, initial_bits=0.0, ideal_bits=0.0,
+                  plain_images=0)
+    enc_s = dec_s = 0.0
+    verified, error, files, chains_used = True, None, 0, set()
+    for start in range(0, n, file_images):
+        chunk = np.ascontiguousarray(images[start:start + file_images])
+        t0 = time.perf_counter()
+        data, rep = compress(m.model, m.name, m.sha, chunk, names_stem="bench", n_chains=n_chains,
+                             latent_bits=latent_bits, with_neg_elbo=False)
+        enc_s += time.perf_counter() - t0
+        for k in totals:
+            totals[k] += rep[k]
+        chains_used.add(rep["chains"])
+        files += 1
+        t0 = time.perf_counter()
+        try:
+            decoded, _, _ = decompress(data, m.model, m.sha)
+            ok = bool(np.array_equal(decoded, chunk))
+            if not ok and error is None:
+                error = f"file {files}: decoded pixels differ"
+        except VaeCompressError as e:
+            ok = False
+            error = error or f"file {files}: {e}"
+        dec_s += time.perf_counter() - t0
+        verified &= ok
+    chains = min(chains_used) if len(chains_used) == 1 else sorted(chains_used)
+    row = {"codec": f"vaecompress {m.name}", "ours": True, "model": m.name, "protocol": protocol,
+           "input": "bbans", "n_images": n, "files": files, "chains": chains,
+           "total_bytes": totals["actual_bits"] // 8, "bpd": totals["actual_bits"] / dims,
+           "lossless_verified": verified, "error": error, "latent_bits": latent_bits}
+    for k, v in totals.items():
+        row[k] = v
+        if k.endswith("_bits"):
+            row[k.replace("_bits", "_bpd")] = v / dims
+    nelbo = float(np.sum(nelbo_bits[:n]))
+    row.update(neg_elbo_bits=nelbo, neg_elbo_bpd=nelbo / dims,
+               encode_seconds=enc_s, decode_seconds=dec_s,
+               encode_images_per_second=n / enc_s if enc_s > 0 else None,
+               decode_images_per_second=n / dec_s if dec_s > 0 else None)
+    if with_forward:
+        c = n_chains if n_chains is not None else default_chains(min(n, file_images))
+        fwd = forward_seconds(m.model, images, c, file_images)
+        row.update(forward_seconds=fwd, forward_images_per_second=n / fwd if fwd > 0 else None,
+                   encode_over_forward=enc_s / fwd if fwd > 0 else None,
+                   decode_over_forward=dec_s / fwd if fwd > 0 else None)
+    return row
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+def run_bench(datasets: Sequence[str] = DATASETS, models: Sequence[str] | None = None, limit: int | None = None,
+              chains_list: Sequence[int] = CHAINS_SWEEP, classical: bool = True, effort: int | None = None,
+              progress: Progress | None = None, *, codecs: Iterable[str] | None = None,
+              single_images: int = SINGLE_IMAGES, curve_sizes: Sequence[int] = CURVE_SIZES,
+              latent_bits: int = DEFAULT_LATENT_BITS, data_dir: str | None = None,
+              command: str | None = None, sweep_model: str | None = None) -> dict:
+    """Benchmark BB-ANS and classical codecs; returns the result dict (see module docstring).
+
+    datasets: dataset names (test split each). models: model references (bundled names or
+      checkpoint directories); None = every bundled model; [] = none (classical only).
+    limit: only the first `limit` test images of each dataset. chains_list: the speed sweep.
+    classical: run `baselines.measure`; codecs: restrict it to these registry names.
+    effort: JPEG-XL effort (None = the library's maximum). sweep_model: model for the speed
+      sweep (default: bundled `mnist-bin` if given, else the first binary model, else the first).
+    """
+    t_start = time.perf_counter()
+    datasets = list(dict.fromkeys(datasets))
+    specs = {d: dataset_spec(d) for d in datasets}          # unknown names fail before any work
+    if limit is not None and limit < 1:
+        raise VaeCompressError("--limit must be at least 1")
+    if any(int(c) < 1 for c in chains_list):
+        raise VaeCompressError("chain counts must be at least 1")
+    jxl_effort = baselines.default_jxl_effort() if effort is None else int(effort)
+    loaded = _load_models(models)
+    notes: list[str] = []
+    if not loaded:
+        notes.append("no models were given and none are bundled: classical codecs only"
+                     if models is None else "no models given: classical codecs only")
+    for m in loaded:
+        if not any(m.fits(s) for s in specs.values()):
+            notes.append(f"model {m.name} ({m.model.cfg.pixel_kind} {m.model.cfg.image_shape}) fits none of the "
+                         "benchmarked datasets")
+
+    # the plan: one closure per step, so progress knows the total
+    state: dict = {"images": {}, "nelbo": {}}
+    result_ds: dict[str, dict] = {}
+    steps: list[tuple[str, Callable[[], None]]] = []
+
+    def add(text, fn):
+        steps.append((text, fn))
+
+    for d in datasets:
+        spec = specs[d]
+        fits = [m for m in loaded if m.fits(spec)]
+
+        def load(d=d, spec=spec, fits=fits):
+            x = load_dataset(d, SPLIT, data_dir)
+            total = len(x)
+            x = np.ascontiguousarray(x[:limit]) if limit else x
+            state["images"][d] = x
+            result_ds[d] = {"dataset": d, "description": spec.description, "pixel_kind": spec.pixel_kind,
+                            "split": SPLIT, "n_images": len(x), "split_size": total,
+                            "selection": f"first {len(x)} of {total} {SPLIT} images" if len(x) < total
+                            else f"all {total} {SPLIT} images",
+                            "models": [m.name for m in fits], "rows": []}
+        add(f"{d}: load", load)
+        if classical:
+            def run_classical(d=d, spec=spec):
+                rows = baselines.measure(state["images"][d], binary=spec.pixel_kind == "binary",
+                                         codecs=None if codecs is None else list(codecs), effort=jxl_effort)
+                for r in rows:
+                    r["ours"] = False
+                result_ds[d]["rows"].extend(rows)
+            add(f"{d}: classical codecs", run_classical)
+        for m in fits:
+            def nelbo(d=d, m=m):
+                state["nelbo"][(d, m.name)] = dataset_neg_elbo_bits(m.model, state["images"][d])
+            add(f"{d}: {m.name} -ELBO", nelbo)
+            for proto in BBANS_PROTOCOLS:
+                def code(d=d, m=m, proto=proto):
+                    x = state["images"][d]
+                    nb = state["nelbo"][(d, m.name)]
+                    if proto == "all":
+                        row = _code_files(m, x, nb, proto, len(x), None, latent_bits)
+                    elif proto == "chunks100":
+                        row = _code_files(m, x, nb, proto, CHUNK_IMAGES, 1, latent_bits)
+                    else:
+                        k = min(single_images, len(x))
+                        row = _code_files(m, x[:k], nb, proto, 1, 1, latent_bits)
+                        if k < len(x):
+                            row["subset"] = f"first {k} images"
+                    result_ds[d]["rows"].append(row)
+                add(f"{d}: {m.name} BB-ANS {proto}", code)
+
+    # speed sweep
+    sweep_pick = _pick_sweep(loaded, specs, sweep_model)
+    sweep: dict | None = None
+    if sweep_pick is not None and chains_list:
+        sm, sd = sweep_pick
+        sweep = {"model": sm.name, "dataset": sd, "rows": []}
+
+        for c in chains_list:
+            def run_sweep(c=int(c), sm=sm, sd=sd):
+                x = state["images"][sd]
+                row = _code_files(sm, x, state["nelbo"][(sd, sm.name)], "all", len(x), c, latent_bits)
+                row["chains_requested"] = c
+                sweep["rows"].append(row)
+                sweep["n_images"] = len(x)
+            add(f"speed sweep: {sm.name} on {sd}, {c} chains", run_sweep)
+    elif loaded and chains_list:
+        notes.append("speed sweep skipped: no model fits a benchmarked dataset")
+
+    # rate vs number of images
+    curves: list[dict] = []
+    for m in loaded:
+        cd = _curve_dataset(m, specs)
+        if cd is None:
+            continue
+        curve = {"model": m.name, "dataset": cd, "points": []}
+        curves.append(curve)
+
+        def run_curve(m=m, cd=cd, curve=curve):
+            x = state["images"][cd]
+            sizes = sorted({min(int(n), len(x)) for n in curve_sizes} | ({len(x)} if curve_sizes else set()))
+            sizes = [n for n in sizes if n <= len(x)]
+            all_row = next((r for r in result_ds[cd]["rows"]
+                            if r.get("ours") and r["model"] == m.name and r["protocol"] == "all"), None)
+            for n in sizes:
+                if n == len(x) and all_row is not None:
+                    row = all_row
+                else:
+                    row = _code_files(m, x[:n], state["nelbo"][(cd, m.name)], "all", n, None, latent_bits,
+                                      with_forward=False)
+                curve["points"].append({k: row.get(k) for k in (
+                    "n_images", "chains", "total_bytes", "actual_bpd", "neg_elbo_bpd", "ideal_bpd", "initial_bits",
+                    "initial_bpd", "container_bits", "container_bpd", "lossless_verified")})
+        add(f"rate curve: {m.name} on {cd}", run_curve)
+
+    for i, (text, fn) in enumerate(steps):
+        if progress:
+            progress(i, len(steps), text)
+        fn()
+    if progress:
+        progress(len(steps), len(steps), "done")
+
+    for d in datasets:
+        rd = result_ds[d]
+        rd["best_classical"] = _summary(_best([r for r in rd["rows"] if not r.get("ours")]))
+        rd["best_ours"] = _summary(_best([r for r in rd["rows"] if r.get("ours") and not r.get("subset")]))
+        if not rd["models"]:
+            notes.append(f"{d}: no model fits this dataset ({rd['pixel_kind']} pixels): classical codecs only")
+    all_rows = [r for d in result_ds.values() for r in d["rows"] if not r.get("skipped")]
+    all_rows += (sweep or {}).get("rows", []) + [p for c in curves for p in c["points"]]
+    result = {
+        "format": FORMAT,
+        "command": command or "bbans_vae.bench.run_bench (Python API)",
+        "date_utc": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
+        "machine": _machine(),
+        "versions": _versions(),
+        "settings": {"datasets": datasets, "split": SPLIT, "limit": limit, "classical": classical,
+                     "codecs": None if codecs is None else list(codecs), "jpegxl_effort": jxl_effort,
+                     "chains_sweep": [int(c) for c in chains_list], "chunk_images": CHUNK_IMAGES,
+                     "single_images": single_images, "curve_sizes": [int(n) for n in curve_sizes],
+                     "latent_bits": latent_bits,
+                     "neg_elbo": "dataset_neg_elbo_bits: exact KL + 1-sample MC reconstruction, seed 0"},
+        "protocols": {k: v.format(single=single_images) for k, v in PROTOCOLS.items()},
+        "models": [m.info() for m in loaded],
+        "codecs": baselines.codec_table(jxl_effort) if classical else [],
+        "datasets": result_ds,
+        "speed_sweep": sweep,
+        "rate_curves": curves,
+        "headline": headline(result_ds),
+        "all_verified": all(r.get("lossless_verified", True) for r in all_rows),
+        "notes": notes,
+        "elapsed_seconds": time.perf_counter() - t_start,
+    }
+    return result
+
+
+def _pick_sweep(loaded: list[_Model], specs: dict, name: str | None):
+    if name is not None:
+        cands = [m for m in loaded if m.name == name]
+        if not cands:
+            raise VaeCompressError(f"sweep model {name!r} is not among the benchmarked models")
+    else:
+        cands = ([m for m in loaded if m.name == "mnist-bin"] + [m for m in loaded if m.model.cfg.pixel_kind == "binary"]
+                 + loaded)
+    for m in cands:
+        d = _curve_dataset(m, specs)
+        if d is not None:
+            return m, d
+    return None
+
+
+def _curve_dataset(m: _Model, specs: dict) -> str | None:
+    """The model's own training dataset if benchmarked, else the first benchmarked one it fits."""
+    own = m.config.get("dataset")
+    if own in specs and m.fits(specs[own]):
+        return own
+    return next((d for d, s in specs.items() if m.fits(s)), None)
+
+
+def _best(rows: list[dict]) -> dict | None:
+    try:
+        return baselines.best(rows)
+    except ValueError:
+        return None
+
+
+def _summary(r: dict | None) -> dict | None:
+    if r is None:
+        return None
+    return {k: r.get(k) for k in ("codec", "model", "protocol", "input", "n_images", "total_bytes", "bpd")
+            if r.get(k) is not None}
+
+
+def headline(result_ds: dict) -> list[dict]:
+    """Per dataset: our best full-set bpd vs the best classical codec, ratio ours/classical."""
+    out = []
+    for d, rd in result_ds.items():
+        o, c = rd.get("best_ours"), rd.get("best_classical")
+        out.append({"dataset": d, "n_images": rd["n_images"],
+                    "ours": o and f"{o['model']} ({o['protocol']})", "ours_bpd": o and o["bpd"],
+                    "classical": c and f"{c['codec']} ({c['protocol']}, {c['input']})",
+                    "classical_bpd": c and c["bpd"],
+                    "ratio": (o["bpd"] / c["bpd"]) if o and c and c["bpd"] else None})
+    return out
+
+
+def format_headline(result: dict) -> str:
+    """Plain-text headline table (what the CLI prints)."""
+    rows = result["headline"]
+    w = max([len(r["ours"] or "-") for r in rows] + [22])
+    wc = max([len(r["classical"] or "-") for r in rows] + [22])
+    lines = [f"{'dataset':<16} {'images':>6}  {'vaecompress (best)':<{w}} {'bpd':>7}  "
+             f"{'best classical codec':<{wc}} {'bpd':>7}  {'ratio':>6}"]
+    lines.append("-" * len(lines[0]))
+    for r in rows:
+        f = lambda v: f"{v:7.4f}" if v is not None else f"{'-':>7}"  # noqa: E731
+        ratio = f"{r['ratio']:6.3f}" if r["ratio"] is not None else f"{'-':>6}"
+        lines.append(f"{r['dataset']:<16} {r['n_images']:>6}  {r['ours'] or '-':<{w}} {f(r['ours_bpd'])}  "
+                     f"{r['classical'] or '-':<{wc}} {f(r['classical_bpd'])}  {ratio}")
+    lines.append("ratio = vaecompress bpd / classical bpd (below 1: vaecompress is smaller); bpd = bits per pixel")
+    if not result.get("all_verified", True):
+        lines.append("WARNING: some decodes did not reproduce the input exactly (see results.json)")
+    for n in result.get("notes", []):
+        lines.append(f"note: {n}")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- writers
+
+
+def write_results(result: dict, out_dir: str | os.PathLike) -> list[Path]:
+    """Write results.json, README.md, rate_vs_images.png and bpd_<dataset>.png; returns the paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    p = out / "results.json"
+    _write_text(p, json.dumps(result, indent=2, default=_json_default) + "\n")
+    paths.append(p)
+    plots = _plots(result, out)
+    p = out / "README.md"
+    _write_text(p, format_markdown(result, [q.name for q in plots]))
+    paths.append(p)
+    return paths + plots
+
+
+def write_json(result: dict, path: str | os.PathLike) -> Path:
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    _write_text(p, json.dumps(result, indent=2, default=_json_default) + "\n")
+    return p
+
+
+def _json_default(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, (Path,)):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _fmt(v, spec=".4f", none="–"):
+    if v is None:
+        return none
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)
+    return format(v, spec)
+
+
+def _row_notes(r: dict) -> str:
+    parts = []
+    if r.get("ours"):
+        parts.append(f"{r['files']} file{'s' if r['files'] != 1 else ''}, {r['chains']} chain"
+                     f"{'s' if r['chains'] != 1 else ''}/file")
+        parts.append(f"-ELBO {_fmt(r.get('neg_elbo_bpd'))}")
+        parts.append(f"initial {r['initial_bits']:,.0f} bits")
+        if r.get("subset"):
+            parts.append(f"**{r['subset']} only**")
+        if not r.get("lossless_verified"):
+            parts.append(f"**NOT VERIFIED: {r.get('error')}**")
+    else:
+        if r.get("padding_images"):
+            parts.append(f"grid {r['grid'][0]}x{r['grid'][1]}, {r['padding_images']} padding")
+        if "jpegxl" in r["codec"]:
+            parts.append(r["params"])
+    return "; ".join(parts)
+
+
+def format_markdown(result: dict, plot_names: Sequence[str] = ()) -> str:
+    m, v, s = result["machine"], result["versions"], result["settings"]
+    L = ["# vaecompress benchmark", "",
+         f"Generated {result['date_utc']} in {result['elapsed_seconds'] / 60:.1f} min by:", "",
+         "```", result["command"], "```", "",
+         f"Machine: {m['cpu_count']} CPUs ({m['cpus_usable']} usable), {m.get('cpu_model') or m['machine']}, "
+         f"{m['platform']}. BB-ANS coding and the forward-pass timing run on 1 torch thread.", "",
+         "Versions: " + ", ".join(f"{k} {val}" for k, val in v.items() if val) + ".", "",
+         f"Images: the `{s['split']}` split of each dataset"
+         + (f", first {s['limit']} images" if s["limit"] else "") + f". JPEG-XL effort {s['jpegxl_effort']}. "
+         f"BB-ANS latents: 2^{s['latent_bits']} equal-mass buckets per dimension. "
+         "bpd = bits per pixel (dimension) = 8 x bytes / (images x pixels). "
+         "Every row was decoded and compared with the input pixel for pixel.", ""]
+    if not result["all_verified"]:
+        L += ["**WARNING: some decodes did not reproduce their input: see the rows marked NOT VERIFIED.**", ""]
+    L += ["## Headline", "",
+          "Best full-set vaecompress row (protocols `all`, `chunks100`) vs the best classical codec on the same "
+          "images; ratio = vaecompress bpd / classical bpd (below 1: vaecompress is smaller).", "",
+          "| dataset | images | vaecompress (best) | bpd | best classical | bpd | ratio |",
+          "|---|---:|---|---:|---|---:|---:|"]
+    for r in result["headline"]:
+        L.append(f"| {r['dataset']} | {r['n_images']} | {r['ours'] or '–'} | {_fmt(r['ours_bpd'])} | "
+                 f"{r['classical'] or '–'} | {_fmt(r['classical_bpd'])} | {_fmt(r['ratio'], '.3f')} |")
+    L += ["", "## Protocols", ""]
+    L += [f"* `{k}`: {d}" for k, d in result["protocols"].items()]
+    if result["models"]:
+        L += ["", "## Models", "", "| model | trained on | architecture | z | likelihood | parameters | epoch |",
+              "|---|---|---|---:|---|---:|---:|"]
+        for mi in result["models"]:
+            arch = f"{mi.get('preset') or 'mlp'} ({'x'.join(map(str, mi['hidden']))})"
+            L.append(f"| {mi['name']} | {mi.get('dataset') or '?'} | {arch} | {mi['latent_dim']} | "
+                     f"{mi['likelihood']} | {mi['parameters']:,} | {mi.get('epoch') if mi.get('epoch') is not None else '?'} |")
+    for d, rd in result["datasets"].items():
+        L += ["", f"## {d}: {rd['selection']}", "", f"{rd['description']}. Sorted by bpd; **bold** = vaecompress.",
+              "", "| # | codec | protocol | input | bytes | bpd | notes |", "|---:|---|---|---|---:|---:|---|"]
+        ok = sorted((r for r in rd["rows"] if r.get("bpd") is not None), key=lambda r: r["bpd"])
+        for i, r in enumerate(ok, 1):
+            name = f"**{r['codec']}**" if r.get("ours") else r["codec"]
+            bpd = f"**{r['bpd']:.4f}**" if r.get("ours") else f"{r['bpd']:.4f}"
+            L.append(f"| {i} | {name} | {r['protocol']} | {r.get('input') or ''} | {r['total_bytes']:,} | {bpd} | "
+                     f"{_row_notes(r)} |")
+        for r in rd["rows"]:
+            if r.get("bpd") is None:
+                L.append(f"| – | {r['codec']} | {r.get('protocol') or ''} | {r.get('input') or ''} | – | – | "
+                         f"skipped: {r.get('skipped')} |")
+    ours = [(d, r) for d, rd in result["datasets"].items() for r in rd["rows"] if r.get("ours")]
+    if ours:
+        L += ["", "## BB-ANS code lengths and speed", "",
+              "actual = container bytes; ideal = Σ -log2 p(x|z) - log2 p(z) + log2 q(z|x) at the latents used; "
+              "initial = bits not got back on chain starts; container = header + padding + flush. "
+              "fwd img/s = bare encoder + decoder forward passes over the same images in the same batches "
+              "(1 thread); enc/fwd, dec/fwd = coding time / forward time.", "",
+              "| dataset | model | protocol | images | chains | actual bpd | -ELBO bpd | ideal bpd | initial bits | "
+              "container bits | enc img/s | dec img/s | fwd img/s | enc/fwd | dec/fwd | verified |",
+              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+        for d, r in ours:
+            L.append(_speed_line([d, r["model"], r["protocol"]], r))
+    sw = result.get("speed_sweep")
+    if sw and sw["rows"]:
+        L += ["", f"## Speed sweep: {sw['model']} on {sw['dataset']} ({sw.get('n_images')} images, one file)", "",
+              "| chains | images | actual bpd | -ELBO bpd | ideal bpd | initial bits | container bits | enc img/s | "
+              "dec img/s | fwd img/s | enc/fwd | dec/fwd | verified |",
+              "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+        for r in sw["rows"]:
+            L.append(_speed_line([], r, chains_first=True))
+    if result["rate_curves"]:
+        sizes = sorted({p["n_images"] for c in result["rate_curves"] for p in c["points"]})
+        L += ["", "## Rate vs number of images in one file", "",
+              "actual bpd of one .vae file holding the first n images (default chains); the chain-start "
+              "cost is amortized over more images as n grows. In brackets: the model's -ELBO bpd on the same images.",
+              "", "| model | dataset | " + " | ".join(f"n={n}" for n in sizes) + " |",
+              "|---|---|" + "---:|" * len(sizes)]
+        for c in result["rate_curves"]:
+            by = {p["n_images"]: p for p in c["points"]}
+            cells = [f"{by[n]['actual_bpd']:.4f} ({by[n]['neg_elbo_bpd']:.4f})" if n in by else "–" for n in sizes]
+            L.append(f"| {c['model']} | {c['dataset']} | " + " | ".join(cells) + " |")
+    if result["codecs"]:
+        L += ["", "## Classical codecs", "", "| codec | settings | library |", "|---|---|---|"]
+        for c in result["codecs"]:
+            L.append(f"| {c['codec']} | {c['params']} | {c['library'] or 'missing: ' + str(c['skipped'])} |")
+    if plot_names:
+        L += ["", "## Plots", ""] + [f"![{n}]({n})" for n in plot_names]
+    if result["notes"]:
+        L += ["", "## Notes", ""] + [f"* {n}" for n in result["notes"]]
+    return "\n".join(L) + "\n"
+
+
+def _speed_line(prefix: list, r: dict, chains_first: bool = False) -> str:
+    cells = list(prefix)
+    if chains_first:
+        cells += [str(r["chains"]), str(r["n_images"])]
+    else:
+        cells += [str(r["n_images"]) + (" (subset)" if r.get("subset") else ""), str(r["chains"])]
+    cells += [_fmt(r.get("actual_bpd")), _fmt(r.get("neg_elbo_bpd")), _fmt(r.get("ideal_bpd")),
+              _fmt(r.get("initial_bits"), ",.0f"), _fmt(r.get("container_bits"), ",.0f"),
+              _fmt(r.get("encode_images_per_second"), ",.0f"), _fmt(r.get("decode_images_per_second"), ",.0f"),
+              _fmt(r.get("forward_images_per_second"), ",.0f"), _fmt(r.get("encode_over_forward"), ".1f"),
+              _fmt(r.get("decode_over_forward"), ".1f"), "yes" if r.get("lossless_verified") else "**NO**"]
+    return "| " + " | ".join(cells) + " |"
+
+
+def _plots(result: dict, out: Path) -> list[Path]:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    curves = [c for c in result["rate_curves"] if c["points"]]
+    if curves:
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for i, c in enumerate(curves):
+            pts = sorted(c["points"], key=lambda p: p["n_images"])
+            n = [p["n_images"] for p in pts]
+            color = f"C{i % 10}"
+            ax.plot(n, [p["actual_bpd"] for p in pts], "-o", color=color, label=f"{c['model']} on {c['dataset']}")
+            ax.plot(n, [p["neg_elbo_bpd"] for p in pts], ":", color=color, alpha=0.7)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("images coded in one file")
+        ax.set_ylabel("bits per dimension (actual file size)")
+        ax.set_title("BB-ANS rate vs number of images (dotted: model -ELBO)")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        p = out / "rate_vs_images.png"
+        fig.savefig(p, dpi=110)
+        plt.close(fig)
+        paths.append(p)
+    for d, rd in result["datasets"].items():
+        rows = sorted((r for r in rd["rows"] if r.get("bpd") is not None), key=lambda r: r["bpd"])
+        if not rows:
+            continue
+        labels = [f"{r['codec']} / {r['protocol']}" + (f" / {r['input']}" if r.get("input") and not r.get("ours")
+                                                         else "") + (" *" if r.get("subset") else "")
+                  for r in rows]
+        fig, ax = plt.subplots(figsize=(9, 0.25 * len(rows) + 1.4))
+        ax.barh(range(len(rows)), [r["bpd"] for r in rows],
+                color=["C3" if r.get("ours") else "C0" for r in rows])
+        ax.set_yticks(range(len(rows)))
+        ax.set_yticklabels(labels, fontsize=7)
+        ax.invert_yaxis()
+        ax.set_xlabel("bits per dimension")
+        ax.set_title(f"{d}: {rd['selection']}\n(red: vaecompress; * = subset of the images)", fontsize=9)
+        ax.grid(alpha=0.3, axis="x")
+        fig.tight_layout()
+        p = out / f"bpd_{d}.png"
+        fig.savefig(p, dpi=110)
+        plt.close(fig)
+        paths.append(p)
+    return paths
