@@ -265,9 +265,10 @@ def run_bench(datasets: Sequence[str] = DATASETS, models: Sequence[str] | None =
     jxl_effort = baselines.default_jxl_effort() if effort is None else int(effort)
     loaded = _load_models(models)
     notes: list[str] = []
+    only = "classical codecs only" if classical else "nothing measured (--no-classical)"
     if not loaded:
-        notes.append("no models were given and none are bundled: classical codecs only"
-                     if models is None else "no models given: classical codecs only")
+        notes.append(f"no models were given and none are bundled: {only}" if models is None
+                     else f"no models given: {only}")
     for m in loaded:
         if not any(m.fits(s) for s in specs.values()):
             notes.append(f"model {m.name} ({m.model.cfg.pixel_kind} {m.model.cfg.image_shape}) fits none of the "
@@ -380,7 +381,7 @@ def run_bench(datasets: Sequence[str] = DATASETS, models: Sequence[str] | None =
         rd["best_classical"] = _summary(_best([r for r in rd["rows"] if not r.get("ours")]))
         rd["best_ours"] = _summary(_best([r for r in rd["rows"] if r.get("ours") and not r.get("subset")]))
         if not rd["models"]:
-            notes.append(f"{d}: no model fits this dataset ({rd['pixel_kind']} pixels): classical codecs only")
+            notes.append(f"{d}: no model fits this dataset ({rd['pixel_kind']} pixels): {only}")
     all_rows = [r for d in result_ds.values() for r in d["rows"] if not r.get("skipped")]
     all_rows += (sweep or {}).get("rows", []) + [p for c in curves for p in c["points"]]
     result = {

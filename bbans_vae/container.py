@@ -10,7 +10,8 @@ Layout (version 1; integers are unsigned LEB128 varints unless a width is given)
       model_sha256   16 bytes  first 16 bytes of sha256(model.safetensors)
       engine         str       e.g. "constriction 0.5.0" (24-bit probabilities, 32-bit words)
       torch          str       torch version of the encoder (informational)
-      coder_path     u8        0 = float32 network inference on this machine's kernels
+      coder_path     u8        0 = float32 network inference on this machine's kernels,
+                               1 = exact (integer networks + bundled tables, bbans_vae/exact.py)
       pixel_kind     u8        0 = binary, 1 = 8-bit
       binary_scale   u8        value that stood for a 1 in the input: 1 or 255 (0 for 8-bit)
       height, width  varint
@@ -47,7 +48,7 @@ MAX_SIDE = 1 << 15
 MAX_PIXELS_PER_IMAGE = 1 << 20
 MAX_NAME_BYTES = 255
 PIXEL_KINDS = ("binary", "8bit")
-CODER_PATHS = ("float32",)
+CODER_PATHS = ("float32", "exact")
 
 
 @dataclass

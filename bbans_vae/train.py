@@ -40,6 +40,27 @@ class TrainArgs:
     train_size: int | None = None
     save_every: int | None = None
     data_dir: str | None = None
+    init: str | None = None         # start from this checkpoint's weights (model reference)
+    objective: str = "elbo"         # see OBJECTIVES
+
+
+OBJECTIVES = {
+    "elbo": "train encoder and decoder on the ELBO (ordinary VAE training)",
+    "encoder-elbo": "decoder frozen; encoder trained on the ELBO of real images (control)",
+    "reverse-half-asleep": "decoder frozen; encoder on half real, half prior-dreamed images (Zhang et al. 2022)",
+    "reverse-half-asleep-recon": "decoder frozen; encoder on half real, half reconstruction-dreamed images",
+}
+
+
+def _loss_fn(objective: str):
+    from .refine import reverse_half_asleep_objective
+    if objective in ("elbo", "encoder-elbo"):
+        return lambda model, x, gen: neg_elbo_bits(model, x, gen=gen).mean()
+    if objective == "reverse-half-asleep":
+        return reverse_half_asleep_objective("prior")
+    if objective == "reverse-half-asleep-recon":
+        return reverse_half_asleep_objective("recon")
+    raise VaeCompressError(f"unknown objective {objective!r}; choose one of: {', '.join(OBJECTIVES)}")
 
 
 def train_subset_indices(n_total: int, train_size: int | None, seed: int) -> np.ndarray:
@@ -95,19 +116,18 @@ def pick_device(device: str) -> str:
 
 def train(run_dir: Path, args: TrainArgs, device: str = "cpu", meta: dict | None = None,
           on_batch: Callable[[float], None] | None = None,
-          on_epoch: Callable[[dict], None] | None = None,
-          encoder_objective: Callable | None = None) -> Path:
+          on_epoch: Callable[[dict], None] | None = None) -> Path:
     """Train (or resume) into run_dir; returns the last checkpoint directory.
 
-    `encoder_objective`, if given, replaces the loss: f(model, x, gen) -> scalar (used by
-    encoder-only fine-tuning that freezes the decoder).
+    With `args.init`, training starts from that checkpoint's weights; with an encoder-only
+    `args.objective`, the decoder is frozen and only the encoder is optimised.
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     run_json = run_dir / "run.json"
     if run_json.exists():
         saved = json.loads(run_json.read_text())
-        for key in ("dataset", "model", "batch_size", "lr", "seed", "train_size"):
+        for key in ("dataset", "model", "batch_size", "lr", "seed", "train_size", "init", "objective"):
             if saved.get(key) != asdict(args).get(key):
                 raise VaeCompressError(f"{run_dir} was started with {key}={saved.get(key)!r}, "
                                        f"not {asdict(args).get(key)!r}; use a new --out directory")
@@ -124,14 +144,30 @@ def train(run_dir: Path, args: TrainArgs, device: str = "cpu", meta: dict | None
     train_x = torch.from_numpy(load_train_images(args)).to(device)
     test_x = load_dataset(args.dataset, "test", args.data_dir)
 
+    loss_fn = _loss_fn(args.objective)
+    encoder_only = args.objective != "elbo"
+    if encoder_only and not args.init:
+        raise VaeCompressError(f"objective {args.objective} trains only the encoder: pass --init MODEL")
+
+    def trainable(m: VAE):
+        if encoder_only:
+            m.decoder.requires_grad_(False)
+            return m.encoder.parameters()
+        return m.parameters()
+
     torch.manual_seed(args.seed)
     model = build_model(cfg).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=args.lr)
+    if args.init:
+        from .checkpoint import load_model
+        model, init_conf, _ = load_model(args.init, device)
+        if model.cfg != cfg:
+            raise ModelError(f"--init {args.init} has architecture {model.cfg}, not {cfg}")
+    opt = torch.optim.Adam(trainable(model), lr=args.lr)
     start_epoch = 1
     resume = run_dir / "resume"
     if (resume / CONFIG).is_file():
         model, rconf = load_checkpoint(resume, device)
-        opt = torch.optim.Adam(model.parameters(), lr=args.lr)
+        opt = torch.optim.Adam(trainable(model), lr=args.lr)
         _load_adam_state(opt, load_file(str(resume / "optimizer.safetensors"), device=device),
                          json.loads((resume / "optimizer.json").read_text()))
         start_epoch = int(rconf["epoch"]) + 1
@@ -139,7 +175,8 @@ def train(run_dir: Path, args: TrainArgs, device: str = "cpu", meta: dict | None
     base_meta = {**(meta or {}), "dataset": args.dataset, "seed": args.seed,
                  "train_subset": {"size": int(len(train_x)), "seed": args.seed,
                                   "full": args.train_size is None},
-                 "batch_size": args.batch_size, "lr": args.lr}
+                 "batch_size": args.batch_size, "lr": args.lr, "objective": args.objective,
+                 "init": args.init}
     last = None
     n = len(train_x)
     log_path = run_dir / "train_log.jsonl"
@@ -158,10 +195,7 @@ def train(run_dir: Path, args: TrainArgs, device: str = "cpu", meta: dict | None
         total, count = 0.0, 0
         for i in range(0, n, args.batch_size):
             x = train_x[perm[i:i + args.batch_size]]
-            if encoder_objective is None:
-                loss_bits = neg_elbo_bits(model, x, gen=noise).mean()
-            else:
-                loss_bits = encoder_objective(model, x, noise)
+            loss_bits = loss_fn(model, x, noise)
             opt.zero_grad(set_to_none=True)
             loss_bits.backward()
             opt.step()

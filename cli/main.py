@@ -91,7 +91,8 @@ quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress bar
 
 @main.command(context_settings=CONTEXT)
 @click.option("--dataset", "-d", required=True, help="mnist-bin, mnist-bin-stoch, binarized-mnist, mnist, fashion-mnist.")
-@click.option("--model", "-m", "arch", required=True, help="Architecture preset (see `vaecompress models --presets`).")
+@click.option("--model", "-m", "arch", required=True,
+              help="Architecture preset (see `vaecompress models --presets`), or from-init with --init.")
 @click.option("--epochs", "-e", type=click.IntRange(1), required=True)
 @click.option("--out", "-o", "run_dir", type=click.Path(file_okay=False), required=True,
               help="Run directory (created; an existing one is resumed).")
@@ -103,16 +104,24 @@ quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress bar
 @click.option("--latent-dim", type=click.IntRange(1), default=None, help="Override the preset's latent size.")
 @click.option("--hidden", default=None, help="Override hidden sizes, e.g. 500,500,500.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--init", "init_ref", default=None, help="Start from this model's weights (bundled name or checkpoint).")
+@click.option("--encoder-objective", "objective", default="elbo", show_default=True,
+              type=click.Choice(["elbo", "encoder-elbo", "reverse-half-asleep", "reverse-half-asleep-recon"]),
+              help="elbo: ordinary training. The others freeze the decoder of --init and train only the "
+                   "encoder: on real images (encoder-elbo), or on batches half real, half dreamed by the "
+                   "model from the prior (reverse-half-asleep) or by reconstruction (-recon).")
 @data_dir_option
 @quiet_option
 def train(dataset, arch, epochs, run_dir, batch_size, lr, seed, train_size, save_every, latent_dim, hidden,
-          device, data_dir, quiet):
+          device, init_ref, objective, data_dir, quiet):
     """Train a VAE on a dataset; checkpoints go to RUN_DIR/checkpoints/epoch_NNNN/.
 
     \b
     Examples:
       vaecompress train -d mnist-bin -m mlp-paper -e 100 -o runs/paper
       vaecompress train -d mnist-bin -m mlp-paper -e 300 --train-size 1000 --save-every 25 -o runs/overfit
+      vaecompress train -d mnist-bin -m mlp-paper -e 20 --init mnist-bin-paper \
+          --encoder-objective reverse-half-asleep -o runs/paper-rha
     Re-running the same command on the same RUN_DIR resumes where it stopped.
     """
     import dataclasses
@@ -122,7 +131,12 @@ def train(dataset, arch, epochs, run_dir, batch_size, lr, seed, train_size, save
     from bbans_vae.train import TrainArgs, pick_device, train as run_training
 
     spec = dataset_spec(dataset)
-    cfg = preset_config(arch)
+    if init_ref is not None and arch == "from-init":
+        from bbans_vae.checkpoint import load_model
+        from bbans_vae.models import ModelConfig
+        cfg = load_model(init_ref)[0].cfg
+    else:
+        cfg = preset_config(arch)
     if latent_dim is not None:
         cfg = dataclasses.replace(cfg, latent_dim=latent_dim)
     if hidden is not None:
@@ -135,7 +149,8 @@ def train(dataset, arch, epochs, run_dir, batch_size, lr, seed, train_size, save
         raise VaeCompressError(f"preset {arch} codes {cfg.pixel_kind} pixels; dataset {dataset} is {spec.pixel_kind}")
     dev = pick_device(device)
     args = TrainArgs(dataset=dataset, model=cfg.to_dict(), epochs=epochs, batch_size=batch_size, lr=lr,
-                     seed=seed, train_size=train_size, save_every=save_every, data_dir=data_dir)
+                     seed=seed, train_size=train_size, save_every=save_every, data_dir=data_dir,
+                     init=init_ref, objective=objective)
     import torch
     meta = {"command": command_line(), "git_revision": git_revision(), "preset": arch,
             "hardware": f"{dev}, {os.cpu_count()} cpus, torch {torch.__version__}"}

@@ -1,0 +1,534 @@
+"""The exact coder path: distributions that are bit-identical on any IEEE-754 machine (SPEC §6.3).
+
+The float32 path gets the coder's parameters from float32 network inference, whose rounding
+depends on BLAS kernels, CPU instruction sets, thread counts and batch composition; one ulp
+changes the decoded image. This path removes every such dependency:
+
+Integer network (derived from the float32 weights at load time, no stored state)
+    * Every Linear layer gets integer-valued weights w_int = round(w * 2^s_j) with a power-of-two
+      scale per output row (|w_int| <= 2^WB, WB = 20; 24 for the first encoder layer, whose
+      inputs are the raw pixel integers {0,1} or 0..255 with the 1/255 folded into the weights).
+      Biases are integers at the accumulator's scale (|b_int| <= 2^51).
+    * Activations are integers a_int with a power-of-two scale per layer and |a_int| < 2^AB,
+      AB = 51 - WB - ceil(log2 fan_in) of the layer that reads them. So every product is an exact
+      integer and every partial sum of `a_int @ w_int.T + b_int` stays below 2^52 < 2^53: a
+      float64 GEMM gives the exact integer result in ANY summation order, blocking, FMA use or
+      thread split, on any BLAS or device. Batch composition cannot change a row's result.
+    * ReLU is exact; requantisation multiplies by a power of two (exact) and rounds with
+      floor(x + 0.5) (exact), then clips to the activation range (saturation, never overflow).
+    * Activation scales come from calibration with this exact integer path itself (so the
+      calibration is reproducible too): 256 latent vectors drawn from the prior by an integer
+      hash (bucket centres from the bundled quantile table) run through the decoder; the
+      decoder's own mean images (thresholded / rounded, all exact) then calibrate the encoder.
+      Each layer's scale leaves 2^6-2^7 headroom above the calibration maximum. Everything is a
+      pure function of the float32 weights, which the container pins by their sha256.
+
+Non-linearities without transcendental functions
+    softplus (posterior std), sigmoid (Bernoulli p), exp (Gaussian std, logistic scales and
+    mixture weights) and the normal tail Phi(-a) (posterior bucket masses) are linear
+    interpolations in tables using only + - * / floor and comparisons (correctly rounded in
+    IEEE-754, hence identical everywhere). The tables and the latent bucket edges/centres
+    (Phi^-1(j / 2^15)) are bundled as .npy files under `bundled/exact/`, generated with mpmath
+    by `python -m bbans_vae.exact --write-tables`, and verified by sha256 at load. No reduction
+    (sum) of floats is done in numpy: its pairwise/SIMD summation order is not guaranteed.
+
+What is still assumed
+    The coder turns float64 parameters into integer CDFs inside constriction (Rust): the
+    posterior and logistic tables via `Categorical(perfect=False)` (IEEE arithmetic only) and
+    the 8-bit Gaussian pixels via `QuantizedGaussian(0, 255)`, whose CDF is evaluated in
+    constriction's Rust code with Rust's float runtime. Identical inputs then give identical
+    coders for the same constriction version (pinned and recorded in the header) on the same
+    architecture; a different libm `exp` behind that Rust erf is the one residual dependency
+    of the 8-bit Gaussian family. Binary models and posteriors have none.
+
+The path is recorded in the container as coder_path "exact" (version 1 of this arithmetic:
+any change to the rules above must use a new coder path name).
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import InputError, ModelError
+from .models import SIGMA_FLOOR, VAE
+
+TABLE_DIR = Path(__file__).resolve().parent / "bundled" / "exact"
+MAX_LATENT_BITS = 14          # bucket edges/centres come from the 2^15 quantile grid
+HEADROOM_BITS = 6             # activation range above the calibration maximum
+N_CALIBRATION = 256
+WEIGHT_BITS = 18
+FIRST_WEIGHT_BITS = 24
+ACC_BITS = 51                 # |sum of products| < 2^51, |bias| <= 2^51: all partial sums < 2^52
+
+# name: (x0, log2 of 1/step, n intervals, what)  -- values[j] = f(x0 + j * step)
+TABLE_SPECS = {
+    "normal_tail": (0.0, 12, 8 * 4096, "Phi(-x), x in [0, 8]"),
+    "normal_quantile": (0.0, 15, 1 << 15, "Phi^-1(x), x in [0, 1] (+-inf at the ends)"),
+    "softplus": (-32.0, 8, 64 * 256, "log(1 + e^x), x in [-32, 32]"),
+    "sigmoid_neg": (0.0, 8, 32 * 256, "1 / (1 + e^x), x in [0, 32]"),
+    "exp": (-40.0, 9, 46 * 512, "e^x, x in [-40, 6]"),
+}
+TABLE_SHA256 = {
+    "normal_tail": "85009cb47687d5085615bd09c4f795c84b45d95ebc1f253b668e3bc3c0367726",
+    "normal_quantile": "8bdb7de316fc5627446d191d3c7324bc9301de886322832ca31d00facc422b77",
+    "softplus": "d663d5c9974d0d56017b19890f767ab155c5e6961b7420a55fcb16d3555bb880",
+    "sigmoid_neg": "d86088bf7086fcc62be0850af67da744d314aaae51da1f0a7acbdd369c8c59ac",
+    "exp": "cb4382b27ce87cae89ca43500a9f443670e5f144aafc74ca4055784b18518008",
+}
+
+
+# ----------------------------------------------------------------------------- tables
+
+
+def table_value(name: str, j: int, prec: int = 120) -> float:
+    """Entry j of table `name`, correctly rounded from a `prec`-bit mpmath evaluation."""
+    import mpmath
+    x0, lg, n, _ = TABLE_SPECS[name]
+    with mpmath.workprec(prec):
+        x = mpmath.mpf(x0) + mpmath.mpf(j) / (1 << lg)
+        if name == "normal_tail":
+            v = mpmath.ncdf(-x)
+        elif name == "normal_quantile":
+            if j == 0:
+                return -math.inf
+            if j == n:
+                return math.inf
+            if 2 * j > n:                                   # exact symmetry
+                return -table_value(name, n - j, prec)
+            v = mpmath.sqrt(2) * mpmath.erfinv(2 * x - 1)
+        elif name == "softplus":
+            v = mpmath.log1p(mpmath.exp(x))
+        elif name == "sigmoid_neg":
+            v = 1 / (1 + mpmath.exp(x))
+        elif name == "exp":
+            v = mpmath.exp(x)
+        else:
+            raise KeyError(name)
+        return float(v)
+
+
+def build_table(name: str) -> np.ndarray:
+    n = TABLE_SPECS[name][2]
+    return np.array([table_value(name, j) for j in range(n + 1)], dtype=np.float64)
+
+
+def _sha(a: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(a, dtype="<f8").tobytes()).hexdigest()
+
+
+_TABLES: dict[str, np.ndarray] = {}
+
+
+def load_table(name: str) -> np.ndarray:
+    if name not in _TABLES:
+        path = TABLE_DIR / f"{name}.npy"
+        try:
+            a = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise ModelError(f"exact coder path: cannot read its bundled table {path} ({e})") from None
+        if a.dtype != np.float64 or a.shape != (TABLE_SPECS[name][2] + 1,) or _sha(a) != TABLE_SHA256[name]:
+            raise ModelError(f"exact coder path: bundled table {path} is corrupt (sha256 mismatch); reinstall")
+        a = a.astype("=f8")
+        a.flags.writeable = False
+        _TABLES[name] = a
+    return _TABLES[name]
+
+
+class Lut:
+    """f(x) by linear interpolation on a uniform grid, x clamped to the grid's range.
+
+    t = (x - x0) * 2^lg; i = min(floor(t), n - 1); f(x) ~ v[i] + (t - i) * (v[i+1] - v[i]).
+    Each step is one correctly rounded IEEE operation, done as a separate numpy ufunc (no FMA
+    contraction), so the result is the same bits on every machine.
+    """
+
+    def __init__(self, name: str):
+        self.x0, lg, self.n, _ = TABLE_SPECS[name]
+        self.v = load_table(name)
+        self.d = self.v[1:] - self.v[:-1]
+        self.scale = float(2.0 ** lg)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        t = np.subtract(x, self.x0)
+        t *= self.scale
+        np.maximum(t, 0.0, out=t)
+        np.minimum(t, float(self.n), out=t)
+        i = np.floor(t)
+        np.minimum(i, float(self.n - 1), out=i)
+        t -= i
+        ii = i.astype(np.intp)
+        out = self.d[ii]
+        out *= t
+        out += self.v[ii]
+        return out
+
+
+# ----------------------------------------------------------------------------- buckets
+
+
+class ExactBuckets:
+    """LatentBuckets for the exact path: edges/centres from the bundled Phi^-1 table, bucket
+    masses from the tail table (tail trick: masses are differences of the smaller tails)."""
+
+    def __init__(self, bits: int):
+        if not 1 <= bits <= MAX_LATENT_BITS:
+            raise InputError(f"the exact coder path supports 1..{MAX_LATENT_BITS} latent bits, not {bits}")
+        self.bits = bits
+        self.n = 1 << bits
+        q = load_table("normal_quantile")
+        step = 1 << (15 - bits)
+        self.edges = q[::step].copy()                                  # (n+1,), +-inf at the ends
+        self.centers = q[step // 2::step].copy()                       # (n,) Phi^-1((i + 1/2) / n)
+        self.tail = Lut("normal_tail")
+
+    def posterior_probs(self, mu: np.ndarray, sigma: np.ndarray) -> np.ndarray:
+        """(B, D) float64 mean/std -> (B, D, 2^k) float64 bucket masses (same rule as LatentBuckets)."""
+        s = np.subtract(self.edges, mu[..., None])
+        s /= sigma[..., None]
+        tail = self.tail(np.abs(s))                                   # Phi(-|s|) per edge
+        lo, hi = tail[..., :-1], tail[..., 1:]
+        above = s[..., :-1] >= 0
+        below = s[..., 1:] <= 0
+        inner = np.subtract(1.0, lo)
+        inner -= hi
+        mass = np.where(above, lo - hi, np.where(below, hi - lo, inner))
+        np.maximum(mass, 0.0, out=mass)
+        return mass
+
+
+# ----------------------------------------------------------------------------- integer network
+
+
+def _pow2(e: np.ndarray) -> np.ndarray:
+    return np.ldexp(1.0, np.asarray(e, dtype=np.int64).astype(np.int32))
+
+
+def _exponent(m: np.ndarray) -> np.ndarray:
+    """Smallest e with |m| < 2^e (0 for m == 0): exact, via frexp."""
+    return np.frexp(np.asarray(m, dtype=np.float64))[1].astype(np.int64)
+
+
+def _round(x: np.ndarray) -> np.ndarray:
+    return np.floor(x + 0.5)
+
+
+@dataclass
+class QLayer:
+    w_t: torch.Tensor          # (in, out) float64, integer-valued, |w| <= 2^wb
+    b: np.ndarray              # (out,) float64 integer-valued, accumulator scale
+    acc_exp: np.ndarray        # (out,) accumulator value = acc * 2^-acc_exp
+    in_bits: int               # inputs are integers with |a| < 2^in_bits
+    # set for hidden layers once the next scale is calibrated:
+    mult: np.ndarray | None = None   # (out,) 2^(s_next - acc_exp): acc -> next activation ints
+    clip: float = 0.0                # 2^AB_next - 1
+
+    def accumulate(self, a: np.ndarray) -> np.ndarray:
+        acc = (torch.from_numpy(a) @ self.w_t).numpy()
+        acc += self.b
+        return acc
+
+    def hidden(self, a: np.ndarray) -> np.ndarray:
+        acc = self.accumulate(a)
+        np.maximum(acc, 0.0, out=acc)                                   # ReLU
+        acc *= self.mult
+        acc += 0.5
+        np.floor(acc, out=acc)
+        np.minimum(acc, self.clip, out=acc)
+        return acc
+
+    def output(self, a: np.ndarray) -> np.ndarray:
+        acc = self.accumulate(a)
+        acc *= _pow2(-self.acc_exp)                                     # exact real value
+        return acc
+
+
+@dataclass
+class _Prepared:
+    """A Linear layer's float64 weights with its provisional row scales and L1 bound."""
+
+    w: np.ndarray              # (out, in) float64 (1/255 folded in for 8-bit encoder inputs)
+    b: np.ndarray              # (out,)
+    row_exp: np.ndarray        # (out,) max|w_row| * 2^row_exp <= 2^weight_bits
+    l1_exp: int                # every row: sum |w_int| < 2^l1_exp
+
+    @staticmethod
+    def of(lin: torch.nn.Linear, weight_bits: int, divide: float = 1.0) -> "_Prepared":
+        w = lin.weight.detach().cpu().double().numpy()
+        if divide != 1.0:
+            w = w / divide                                              # correctly rounded
+        b = lin.bias.detach().cpu().double().numpy()
+        row_exp = weight_bits - _exponent(np.abs(w).max(1))
+        w_int = _round(np.ldexp(w, row_exp[:, None].astype(np.int32)))
+        # integers < 2^(weight_bits + 1) summed over < 2^20 terms: exact in any order
+        l1 = float(np.abs(w_int).sum(1).max()) + 1.0
+        return _Prepared(w, b, row_exp, int(_exponent(np.float64(l1))))
+
+    def input_bits(self) -> int:
+        """Input activation bits that keep every partial sum of products below 2^ACC_BITS."""
+        return ACC_BITS - self.l1_exp
+
+    def quantize(self, in_exp: int, in_bits: int) -> QLayer:
+        if in_bits > self.input_bits():
+            raise ModelError("exact coder path: accumulator range exceeded (internal)")
+        # a large bias next to small weights lowers the row's scale: |b_int| <= 2^(ACC_BITS - 1)
+        bias_cap = (ACC_BITS - 1) - _exponent(np.abs(self.b)) - in_exp
+        row_exp = np.minimum(self.row_exp, bias_cap)                   # only shrinks |w_int|
+        w_int = _round(np.ldexp(self.w, row_exp[:, None].astype(np.int32)))
+        acc_exp = row_exp + in_exp
+        b_int = _round(np.ldexp(self.b, acc_exp.astype(np.int32)))
+        b_int = np.clip(b_int, -2.0 ** ACC_BITS, 2.0 ** ACC_BITS)
+        return QLayer(torch.from_numpy(np.ascontiguousarray(w_int.T)), b_int, acc_exp, in_bits)
+
+
+def _linears(seq: torch.nn.Sequential) -> list[torch.nn.Linear]:
+    layers = [m for m in seq if isinstance(m, torch.nn.Linear)]
+    others = [m for m in seq if not isinstance(m, (torch.nn.Linear, torch.nn.ReLU))]
+    if others:
+        raise ModelError(f"the exact coder path supports Linear/ReLU MLPs, not {type(others[0]).__name__}")
+    return layers
+
+
+class QNet:
+    """A quantised MLP: integer inputs (scale 2^-in_exp) -> ... -> exact float64 outputs."""
+
+    def __init__(self, prepared: list[_Prepared], in_exp: int, in_bits: int, calibration: np.ndarray):
+        self.layers: list[QLayer] = []
+        a = calibration
+        for i, prep in enumerate(prepared):
+            q = prep.quantize(in_exp, in_bits)
+            self.layers.append(q)
+            if i == len(prepared) - 1:
+                break
+            # the next activation scale: calibration maximum (exact accumulators) + headroom
+            acc = q.accumulate(a)
+            real_max = float((np.maximum(acc, 0.0) * _pow2(-q.acc_exp)).max()) if len(acc) else 0.0
+            in_bits = prepared[i + 1].input_bits()
+            if in_bits < 12:
+                raise ModelError("a layer is too wide for the exact coder path")
+            in_exp = int(in_bits - HEADROOM_BITS - _exponent(np.float64(real_max)))
+            q.mult = _pow2(in_exp - q.acc_exp)
+            q.clip = float(2.0 ** in_bits - 1)
+            a = q.hidden(a)
+
+    def __call__(self, a: np.ndarray) -> np.ndarray:
+        for q in self.layers[:-1]:
+            a = q.hidden(a)
+        return self.layers[-1].output(a)
+
+
+def _calibration_latents(buckets_centers: np.ndarray, n: int, d: int) -> np.ndarray:
+    """(n, d) prior samples: bucket centres of the 2^14 grid picked by a splitmix64 hash."""
+    k = np.arange(n * d, dtype=np.uint64) + np.uint64(0x9E3779B97F4A7C15)
+    with np.errstate(over="ignore"):
+        k = (k ^ (k >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        k = (k ^ (k >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        k = k ^ (k >> np.uint64(31))
+    idx = (k >> np.uint64(50)).astype(np.int64)                         # 14 bits
+    return buckets_centers[idx].reshape(n, d)
+
+
+class ExactNetworks:
+    """The VAE's encoder and decoder as exact integer networks (see the module docstring)."""
+
+    def __init__(self, model: VAE):
+        cfg = model.cfg
+        self.cfg = cfg
+        self.likelihood = cfg.likelihood
+        self.k = cfg.mixtures
+        D = cfg.latent_dim
+        dec = [_Prepared.of(l, WEIGHT_BITS) for l in _linears(model.decoder)]
+        # decoder input: bucket centres, |z| < 4 = 2^2
+        self.z_bits = min(dec[0].input_bits(), 40)
+        self.z_exp = self.z_bits - 3
+        centers14 = load_table("normal_quantile")[1::2]                  # Phi^-1((i + 1/2) / 2^14)
+        z_cal = self._z_int(_calibration_latents(centers14, N_CALIBRATION, D))
+        self.decoder = QNet(dec, self.z_exp, self.z_bits, z_cal)
+        # encoder input: raw pixel integers; calibrated on the decoder's own mean images
+        x_cal = self.mean_images(self.decoder(z_cal))
+        in_bits = 1 if cfg.pixel_kind == "binary" else 8
+        divide = 1.0 if cfg.pixel_kind == "binary" else 255.0
+        enc_layers = _linears(model.encoder)
+        wb = FIRST_WEIGHT_BITS
+        first = _Prepared.of(enc_layers[0], wb, divide)
+        while first.input_bits() < in_bits:
+            wb -= 1
+            first = _Prepared.of(enc_layers[0], wb, divide)
+        enc = [first] + [_Prepared.of(l, WEIGHT_BITS) for l in enc_layers[1:]]
+        self.encoder = QNet(enc, 0, in_bits, x_cal)
+
+    def _z_int(self, z: np.ndarray) -> np.ndarray:
+        return _round(np.ldexp(np.asarray(z, dtype=np.float64), self.z_exp))
+
+    def mean_images(self, out: np.ndarray) -> np.ndarray:
+        B, P = out.shape[0], self.cfg.n_pixels
+        if self.likelihood == "bernoulli":
+            return (out > 0).astype(np.float64)
+        if self.likelihood == "gaussian":
+            o = out.reshape(B, P, 2)[..., 0]
+        else:
+            o = out.reshape(B, P, 3, self.k)[:, :, 1, 0]
+        mean = 127.5 + 127.5 * o
+        return np.clip(_round(mean), 0.0, 255.0)
+
+
+# ----------------------------------------------------------------------------- backend
+
+
+class ExactBackend:
+    """Same interface as coding.FloatBackend; every output is reproducible bit for bit.
+
+    `batch_split=k` evaluates the networks on sub-batches of k lanes (results are identical by
+    construction; tests use it to show that batch composition does not matter).
+    """
+
+    path = "exact"
+
+    def __init__(self, model: VAE, latent_bits: int, batch_split: int | None = None):
+        self.model = model
+        self.buckets = ExactBuckets(latent_bits)
+        self.latent_dim = model.cfg.latent_dim
+        self.pixel_family = model.likelihood.coder_family
+        self.batch_split = batch_split
+        self.net = exact_networks(model)
+        self.cfg = model.cfg
+        self.softplus = Lut("softplus")
+        self.sigmoid_neg = Lut("sigmoid_neg")
+        self.exp = Lut("exp")
+        self._centers_int = self.net._z_int(self.buckets.centers)
+
+    def _split(self, fn, x):
+        k = self.batch_split
+        if not k or len(x) <= k:
+            return fn(x)
+        parts = [fn(x[i:i + k]) for i in range(0, len(x), k)]
+        if isinstance(parts[0], tuple):
+            return tuple(np.concatenate(p) for p in zip(*parts))
+        return np.concatenate(parts)
+
+    # -- q(z|x)
+    def posterior_probs(self, x: np.ndarray) -> np.ndarray:
+        return self._split(self._posterior_probs, x)
+
+    def posterior_params(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(B, D) float64 mean and std of q(z|x) on the exact path."""
+        a = np.asarray(x).reshape(len(x), -1).astype(np.float64)
+        h = self.net.encoder(a)
+        D = self.latent_dim
+        mu, raw = h[:, :D], h[:, D:]
+        sp = self.softplus(raw)
+        sigma = np.where(raw > 32.0, raw, sp)
+        sigma += SIGMA_FLOOR
+        return mu, sigma
+
+    def _posterior_probs(self, x: np.ndarray) -> np.ndarray:
+        mu, sigma = self.posterior_params(x)
+        return self.buckets.posterior_probs(mu, sigma)
+
+    # -- p(x|z)
+    def pixel_params(self, z_idx: np.ndarray):
+        return self._split(self._pixel_params, np.asarray(z_idx, dtype=np.int64))
+
+    def _pixel_params(self, z_idx: np.ndarray):
+        out = self.net.decoder(self._centers_int[z_idx])
+        return self.params_from_output(out)
+
+    def params_from_output(self, out: np.ndarray):
+        B, P = out.shape[0], self.cfg.n_pixels
+        lik = self.cfg.likelihood
+        if lik == "bernoulli":
+            t = self.sigmoid_neg(np.abs(out))                           # sigmoid(-|l|)
+            return np.where(out < 0, t, 1.0 - t)
+        if lik == "gaussian":
+            o = out.reshape(B, P, 2)
+            mean = o[..., 0] * 127.5
+            mean += 127.5
+            std = self.exp(np.clip(o[..., 1], -5.0, 6.0))
+            std *= 16.0                                                 # exp(c + ln 16)
+            return np.ascontiguousarray(mean), std
+        return self._logistic_tables(out.reshape(B, P, 3, self.cfg.mixtures))
+
+    def _logistic_tables(self, o: np.ndarray) -> np.ndarray:
+        """(B, P, 256) mixture tables, same formula as LogisticPixels.coder_params."""
+        K = o.shape[-1]
+        logit_w = o[:, :, 0]
+        mean = o[:, :, 1] * 127.5 + 127.5
+        log_s = np.clip(o[:, :, 2], -4.0, 6.0)
+        inv_s = self.exp(-log_s) / 16.0                                 # e^-(c + ln 16)
+        width = 1.0 - self.exp(-inv_s)                                  # 1 - e^(a - b)
+        m = logit_w[..., 0].copy()
+        for k in range(1, K):
+            m = np.maximum(m, logit_w[..., k])
+        e = self.exp(logit_w - m[..., None])                            # (B, P, K), max one is 1
+        tot = e[..., 0].copy()
+        for k in range(1, K):
+            tot += e[..., k]                                            # fixed order, no np.sum
+        edges = np.arange(255, dtype=np.float64) + 0.5
+        table = None
+        for k in range(K):
+            z = (edges - mean[..., k, None]) * inv_s[..., k, None]     # (B, P, 255)
+            t = self.sigmoid_neg(np.abs(z))
+            sig_pos = np.where(z < 0, t, 1.0 - t)                       # sigmoid(z)
+            sig_neg = np.where(z < 0, 1.0 - t, t)                       # sigmoid(-z)
+            B, P = z.shape[:2]
+            comp = np.empty((B, P, 256))
+            comp[..., :255] = sig_pos
+            comp[..., 255] = 1.0
+            comp[..., 1:] *= sig_neg
+            comp[..., 1:255] *= width[..., k, None]
+            comp *= (e[..., k] / tot)[..., None]
+            table = comp if table is None else table + comp
+        return table
+
+    def pixel_log2_prob(self, params, x: np.ndarray) -> np.ndarray:
+        return self.model.likelihood.coder_log2_prob(params, x)
+
+
+_CACHE: dict = {}
+
+
+def exact_networks(model: VAE) -> ExactNetworks:
+    """The model's exact networks, cached per model object and weight version."""
+    key = id(model)
+    version = tuple((p.data_ptr(), p._version) for p in model.parameters())
+    hit = _CACHE.get(key)
+    if hit is not None and hit[0] is model and hit[1] == version:
+        return hit[2]
+    net = ExactNetworks(model)
+    if len(_CACHE) > 8:
+        _CACHE.clear()
+    _CACHE[key] = (model, version, net)
+    return net
+
+
+CODER_BACKENDS = ("float32", "exact")
+
+
+def make_coder_backend(path: str, model: VAE, latent_bits: int, batch_split: int | None = None):
+    """The backend for a container's coder_path."""
+    from .coding import FloatBackend
+    if path == "float32":
+        return FloatBackend(model, latent_bits)
+    if path == "exact":
+        return ExactBackend(model, latent_bits, batch_split)
+    raise InputError(f"unknown coder path {path!r}; choose one of {', '.join(CODER_BACKENDS)}")
+
+
+def write_tables() -> None:
+    TABLE_DIR.mkdir(parents=True, exist_ok=True)
+    for name in TABLE_SPECS:
+        a = build_table(name)
+        np.save(TABLE_DIR / f"{name}.npy", a, allow_pickle=False)
+        print(f"{name}: {len(a)} entries, sha256 {_sha(a)}")
+
+
+if __name__ == "__main__":
+    import sys
+    if sys.argv[1:] == ["--write-tables"]:
+        write_tables()
+    else:
+        print("usage: python -m bbans_vae.exact --write-tables")
