@@ -141,11 +141,11 @@ class LatentBuckets:
         """
         mu = mu.double().unsqueeze(-1)                                       # (B, D, 1)
         s = (self.edges - mu) / sigma.double().unsqueeze(-1)                 # (B, D, n+1)
-        tail = torch.special.ndtr(-s.abs())                                  # min(cdf, sf) per edge
+        tail = torch.special.ndtr(s.abs_().neg_())                           # min(cdf, sf) per edge
         lo, hi = tail[..., :-1], tail[..., 1:]
-        above = s[..., :-1] >= 0                                             # bucket starts at/after mu
-        below = s[..., 1:] <= 0                                              # bucket ends at/before mu
-        mass = torch.where(above, lo - hi, torch.where(below, hi - lo, 1.0 - lo - hi))
+        mass = (hi - lo).abs_()                                              # tail difference
+        j = (torch.searchsorted(self.edges, mu) - 1).clamp_(0, self.n - 1)   # bucket holding mu
+        mass.scatter_(-1, j, 1.0 - lo.gather(-1, j) - hi.gather(-1, j))
         return mass.clamp_(min=0.0).numpy()
 
     def values(self, idx: np.ndarray) -> torch.Tensor:

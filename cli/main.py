@@ -271,10 +271,14 @@ def _load_for_coding(model_ref: str):
 @click.option("--refine-steps", type=click.IntRange(0, 1000), default=0, show_default=True,
               help="Transmit-free posterior refinement: K Adam steps on each image's ELBO before coding "
                    "its latent; the decoder repeats them. Smaller files, ~K times slower.")
+@click.option("--coder-path", type=click.Choice(["exact", "float32"]), default=None,
+              help="How the coder's distributions are computed. exact: integer networks and bundled "
+                   "tables, so the file decodes on any machine (other CPU, BLAS, threads). float32: this "
+                   "machine's float kernels; decode on the same configuration.  [default: float32]")
 @click.option("--force", "-f", is_flag=True, help="Overwrite OUTPUT if it exists.")
 @click.option("--json", "as_json", is_flag=True, help="Print the coding report as JSON.")
 @quiet_option
-def encode(inputs, output, model_ref, chains, latent_bits, refine_steps, force, as_json, quiet):
+def encode(inputs, output, model_ref, chains, latent_bits, refine_steps, coder_path, force, as_json, quiet):
     """Compress images losslessly into one .vae file.
 
     INPUT: PNG files, folders of PNGs (sorted by name), .npy arrays (N,H,W) uint8, or IDX files
@@ -288,7 +292,7 @@ def encode(inputs, output, model_ref, chains, latent_bits, refine_steps, force, 
     """
     import numpy as np
     from cli.imageio import read_inputs, write_file_atomic
-    from bbans_vae.compress import compress
+    from bbans_vae.compress import DEFAULT_CODER_PATH, compress
 
     out = Path(output)
     if out.exists() and not force:
@@ -304,7 +308,7 @@ def encode(inputs, output, model_ref, chains, latent_bits, refine_steps, force, 
         data, report = compress(model, model_ref, config["weights_sha256"], images.pixels,
                                 names=None if indexed else images.names, names_stem=stem or "image",
                                 n_chains=chains, latent_bits=latent_bits, progress=bar.update,
-                                refine_steps=refine_steps)
+                                refine_steps=refine_steps, coder_path=coder_path or DEFAULT_CODER_PATH)
     write_file_atomic(out, data, force=force)
     report = {"output": str(out), "model": model_ref, "bytes": len(data), **report}
     if as_json:
