@@ -245,9 +245,6 @@ def models(presets, as_json):
                    f"{r['size_bytes'] / 1e6:.1f} MB")
 
 
-if __name__ == "__main__":
-    main()
-
 
 # ----------------------------------------------------------------------------- encode / decode / info
 
@@ -274,7 +271,8 @@ def _load_for_coding(model_ref: str):
 @click.option("--coder-path", type=click.Choice(["exact", "float32"]), default=None,
               help="How the coder's distributions are computed. exact: integer networks and bundled "
                    "tables, so the file decodes on any machine (other CPU, BLAS, threads). float32: this "
-                   "machine's float kernels; decode on the same configuration.  [default: float32]")
+                   "machine's float kernels; decode on the same configuration.  [default: exact; float32 with "
+                   "--refine-steps]")
 @click.option("--force", "-f", is_flag=True, help="Overwrite OUTPUT if it exists.")
 @click.option("--json", "as_json", is_flag=True, help="Print the coding report as JSON.")
 @quiet_option
@@ -292,7 +290,7 @@ def encode(inputs, output, model_ref, chains, latent_bits, refine_steps, coder_p
     """
     import numpy as np
     from cli.imageio import read_inputs, write_file_atomic
-    from bbans_vae.compress import DEFAULT_CODER_PATH, compress
+    from bbans_vae.compress import compress
 
     out = Path(output)
     if out.exists() and not force:
@@ -308,7 +306,7 @@ def encode(inputs, output, model_ref, chains, latent_bits, refine_steps, coder_p
         data, report = compress(model, model_ref, config["weights_sha256"], images.pixels,
                                 names=None if indexed else images.names, names_stem=stem or "image",
                                 n_chains=chains, latent_bits=latent_bits, progress=bar.update,
-                                refine_steps=refine_steps, coder_path=coder_path or DEFAULT_CODER_PATH)
+                                refine_steps=refine_steps, coder_path=coder_path)
     write_file_atomic(out, data, force=force)
     report = {"output": str(out), "model": model_ref, "bytes": len(data), **report}
     if as_json:
@@ -451,7 +449,8 @@ def demo(limit, chains, as_json, quiet):
               help="First N test images for the split.  [default: 1000; --quick: 300]")
 @click.option("--samples", type=click.IntRange(1), default=None, help="MC samples per image for every -ELBO.  [default: 10]")
 @click.option("--chains", type=click.IntRange(1, 4096), default=None, help="ANS chains of the real bitstreams.  [default: 10]")
-@click.option("--latent-bits", type=click.IntRange(4, 14), default=None, help="Latent buckets 2^K.  [default: 10]")
+@click.option("--latent-bits", type=click.IntRange(4, 14), default=None,
+              help="Latent buckets 2^K.  [default: the coder's default]")
 @click.option("--no-bitstreams", is_flag=True, help="Skip the real bitstreams (ELBO estimates only).")
 @click.option("--epochs", "epochs", default=None, help="Only these checkpoint epochs, e.g. 50,100.")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -637,3 +636,7 @@ def bench(datasets, model_refs, limit, out_dir, json_out, no_classical, quick, c
     click.echo(f"bench finished in {res['elapsed_seconds']:.0f} s")
     if not res["all_verified"]:
         raise VaeCompressError("a decoded image differs from the original (see the rows marked NOT VERIFIED)")
+
+
+if __name__ == "__main__":  # keep last: every command above must be registered first
+    main()
