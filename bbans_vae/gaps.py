@@ -420,9 +420,11 @@ def checkpoint_gaps(model: VAE, train_images: np.ndarray, test_images: np.ndarra
             rec[f"{name}_initial_bpd"] = c["initial_bits"] / n_dims
             rec[f"{name}_ans_overhead_bpd"] = float(c["payload_bits"] - c["ideal_bits"].sum() - c["initial_bits"]) / n_dims
             rec[f"{name}_coding_seconds"] = c["seconds"]
-            # > 0 normally (initial bits, ANS overhead, latent discretisation); can be < 0 early in
-            # training, where q is wider than the prior or centred beyond the outermost bucket: the
-            # bucketed code caps each latent's cost at latent_bits and clamps z to +-3.3
+            # Small and > 0 normally (initial bits, ANS overhead, latent discretisation). It can be
+            # < 0 where the code is cheaper than the model's -ELBO: (a) the coder gives every pixel
+            # value probability >= 2^-24, so an overconfident (overfit) decoder's wrong pixels cost
+            # <= 24 bits each instead of their -log2 p; (b) early in training q is wider than the
+            # prior, and the bucketed latent code caps each latent at latent_bits and clamps z.
             rec[f"{name}_actual_minus_elbo_bpd"] = rec[f"{name}_actual_bpd"] - float(elbo.mean() / dims)
             # per image: the bits of the z actually coded minus the seeded multi-sample -ELBO
             diffs[name] = (c["ideal_bits"] - elbo) / dims
