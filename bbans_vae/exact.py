@@ -6,16 +6,19 @@ changes the decoded image. This path removes every such dependency:
 
 Integer network (derived from the float32 weights at load time, no stored state)
     * Every Linear layer gets integer-valued weights w_int = round(w * 2^s_j) with a power-of-two
-      scale per output row (|w_int| <= 2^WB, WB = 20; 24 for the first encoder layer, whose
-      inputs are the raw pixel integers {0,1} or 0..255 with the 1/255 folded into the weights).
-      Biases are integers at the accumulator's scale (|b_int| <= 2^51).
+      scale per output row (|w_int| <= 2^18; 2^24 for the first encoder layer, whose inputs are
+      the raw pixel integers {0,1} or 0..255 with the 1/255 folded into the weights). Biases are
+      integers at the accumulator's scale (|b_int| <= 2^50; a row whose bias needs it gets a
+      smaller weight scale).
     * Activations are integers a_int with a power-of-two scale per layer and |a_int| < 2^AB,
-      AB = 51 - WB - ceil(log2 fan_in) of the layer that reads them. So every product is an exact
-      integer and every partial sum of `a_int @ w_int.T + b_int` stays below 2^52 < 2^53: a
-      float64 GEMM gives the exact integer result in ANY summation order, blocking, FMA use or
-      thread split, on any BLAS or device. Batch composition cannot change a row's result.
+      where AB = 51 - ceil(log2(max_row sum_i |w_int[row, i]|)) of the layer that reads them.
+      So every product is an exact integer and every partial sum of `a_int @ w_int.T + b_int`
+      is below 2^52 < 2^53 in magnitude: a float64 GEMM gives the exact integer result in ANY
+      summation order, blocking, FMA use or thread split, on any BLAS or device. Batch
+      composition cannot change a row's result.
     * ReLU is exact; requantisation multiplies by a power of two (exact) and rounds with
       floor(x + 0.5) (exact), then clips to the activation range (saturation, never overflow).
+      The last layer's accumulator times a power of two is its exact float64 output.
     * Activation scales come from calibration with this exact integer path itself (so the
       calibration is reproducible too): 256 latent vectors drawn from the prior by an integer
       hash (bucket centres from the bundled quantile table) run through the decoder; the
@@ -24,13 +27,14 @@ Integer network (derived from the float32 weights at load time, no stored state)
       pure function of the float32 weights, which the container pins by their sha256.
 
 Non-linearities without transcendental functions
-    softplus (posterior std), sigmoid (Bernoulli p), exp (Gaussian std, logistic scales and
-    mixture weights) and the normal tail Phi(-a) (posterior bucket masses) are linear
-    interpolations in tables using only + - * / floor and comparisons (correctly rounded in
-    IEEE-754, hence identical everywhere). The tables and the latent bucket edges/centres
-    (Phi^-1(j / 2^15)) are bundled as .npy files under `bundled/exact/`, generated with mpmath
-    by `python -m bbans_vae.exact --write-tables`, and verified by sha256 at load. No reduction
-    (sum) of floats is done in numpy: its pairwise/SIMD summation order is not guaranteed.
+    softplus (posterior std), sigmoid (Bernoulli p, logistic CDFs), exp (Gaussian std, logistic
+    scales and mixture weights) and the normal tail Phi(-a) (posterior bucket masses) are linear
+    interpolations in tables using only + - * / floor copysign and comparisons (correctly
+    rounded in IEEE-754, hence identical everywhere). The tables and the latent bucket
+    edges/centres (Phi^-1(j / 2^15)) are bundled as .npy files under `bundled/exact/`,
+    generated with mpmath by `python -m bbans_vae.exact --write-tables`, and verified by sha256
+    at load. Masses keep the tail trick (differences of the smaller tails). No reduction (sum)
+    of floats is done in numpy: its pairwise/SIMD summation order is not guaranteed.
 
 What is still assumed
     The coder turns float64 parameters into integer CDFs inside constriction (Rust): the
@@ -152,6 +156,20 @@ class Lut:
         self.v = load_table(name)
         self.d = self.v[1:] - self.v[:-1]
         self.scale = float(2.0 ** lg)
+        # padded so that index n (x at the end of the range) needs no second clamp
+        self.v_pad = np.append(self.v, self.v[-1])
+        self.d_pad = np.append(self.d, [0.0, 0.0])
+
+    def at_scaled(self, t: np.ndarray) -> np.ndarray:
+        """f at grid positions t = (x - x0) * 2^lg >= 0, given (t is overwritten): the fast path."""
+        np.minimum(t, float(self.n), out=t)
+        i = np.floor(t)
+        t -= i                                                        # fraction in [0, 1)
+        ii = i.astype(np.intp)
+        out = self.d_pad[ii]
+        out *= t
+        out += self.v_pad[ii]
+        return out
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         t = np.subtract(x, self.x0)
@@ -187,18 +205,36 @@ class ExactBuckets:
         self.tail = Lut("normal_tail")
 
     def posterior_probs(self, mu: np.ndarray, sigma: np.ndarray) -> np.ndarray:
-        """(B, D) float64 mean/std -> (B, D, 2^k) float64 bucket masses (same rule as LatentBuckets)."""
-        s = np.subtract(self.edges, mu[..., None])
-        s /= sigma[..., None]
-        tail = self.tail(np.abs(s))                                   # Phi(-|s|) per edge
-        lo, hi = tail[..., :-1], tail[..., 1:]
-        above = s[..., :-1] >= 0
-        below = s[..., 1:] <= 0
-        inner = np.subtract(1.0, lo)
-        inner -= hi
-        mass = np.where(above, lo - hi, np.where(below, hi - lo, inner))
-        np.maximum(mass, 0.0, out=mass)
-        return mass
+        """(B, D) float64 mean/std -> (B, D, 2^k) float64 bucket masses, by the tail trick.
+
+        Per edge e: t = |e - mu| / (sigma * 2^-12) = |s| * 2^12 (power-of-two scaling: exact) is
+        the position in the tail table, tail = Phi(-|s|) by linear interpolation, and
+        g = -tail above the mean, +tail below it (= CDF(e) - [e >= mu]). A bucket's mass is
+        g_hi - g_lo: lo - hi above the mean, hi - lo below it (differences of small tails, full
+        relative precision far from the mean), plus 1 for the one bucket holding the mean
+        (1 - lo - hi). This is the hot loop: few passes, no masked operations.
+        """
+        tab = self.tail
+        B, D = mu.shape
+        R = B * D
+        mu, sigma = mu.reshape(R), sigma.reshape(R)
+        out = np.empty((R, self.n))
+        block = max(1, (256 * 257) // (self.n + 1))                   # cache-sized blocks of rows
+        for r0 in range(0, R, block):
+            r1 = min(R, r0 + block)
+            m = mu[r0:r1]
+            d = np.subtract(self.edges, m[:, None])                   # (rows, n+1) edge - mu
+            t = np.abs(d)
+            t /= (sigma[r0:r1] * (1.0 / tab.scale))[:, None]
+            g = tab.at_scaled(t)                                      # Phi(-|s|) per edge
+            np.negative(d, out=d)
+            np.copysign(g, d, out=g)                                  # -tail where e >= mu
+            mass = np.subtract(g[:, 1:], g[:, :-1], out=out[r0:r1])
+            # the bucket with e_lo < mu <= e_hi gets the +1 (edges[0] = -inf, edges[n] = +inf)
+            k = np.searchsorted(self.edges, m, side="left") - 1
+            mass[np.arange(r1 - r0), k] += 1.0
+        np.maximum(out, 0.0, out=out)
+        return out.reshape(B, D, self.n)
 
 
 # ----------------------------------------------------------------------------- integer network
@@ -379,6 +415,9 @@ class ExactNetworks:
 # ----------------------------------------------------------------------------- backend
 
 
+_ROWS = 256  # rows of 257 edges per block in the table loops (fits in L2)
+
+
 class ExactBackend:
     """Same interface as coding.FloatBackend; every output is reproducible bit for bit.
 
@@ -400,6 +439,7 @@ class ExactBackend:
         self.sigmoid_neg = Lut("sigmoid_neg")
         self.exp = Lut("exp")
         self._centers_int = self.net._z_int(self.buckets.centers)
+        self._logistic_edges = np.concatenate([[-np.inf], np.arange(255) + 0.5, [np.inf]])
 
     def _split(self, fn, x):
         k = self.batch_split
@@ -453,36 +493,48 @@ class ExactBackend:
         return self._logistic_tables(out.reshape(B, P, 3, self.cfg.mixtures))
 
     def _logistic_tables(self, o: np.ndarray) -> np.ndarray:
-        """(B, P, 256) mixture tables, same formula as LogisticPixels.coder_params."""
-        K = o.shape[-1]
-        logit_w = o[:, :, 0]
-        mean = o[:, :, 1] * 127.5 + 127.5
+        """(B, P, 256) mixture tables: per component, bin masses are CDF differences by the tail
+        trick (as for the posterior), CDF(e) = sigmoid((e - mean) / s), end bins take the tails."""
+        B, P, _, K = o.shape
+        mean = o[:, :, 1] * 127.5
+        mean += 127.5
         log_s = np.clip(o[:, :, 2], -4.0, 6.0)
-        inv_s = self.exp(-log_s) / 16.0                                 # e^-(c + ln 16)
-        width = 1.0 - self.exp(-inv_s)                                  # 1 - e^(a - b)
-        m = logit_w[..., 0].copy()
-        for k in range(1, K):
-            m = np.maximum(m, logit_w[..., k])
-        e = self.exp(logit_w - m[..., None])                            # (B, P, K), max one is 1
-        tot = e[..., 0].copy()
-        for k in range(1, K):
-            tot += e[..., k]                                            # fixed order, no np.sum
-        edges = np.arange(255, dtype=np.float64) + 0.5
-        table = None
-        for k in range(K):
-            z = (edges - mean[..., k, None]) * inv_s[..., k, None]     # (B, P, 255)
-            t = self.sigmoid_neg(np.abs(z))
-            sig_pos = np.where(z < 0, t, 1.0 - t)                       # sigmoid(z)
-            sig_neg = np.where(z < 0, 1.0 - t, t)                       # sigmoid(-z)
-            B, P = z.shape[:2]
-            comp = np.empty((B, P, 256))
-            comp[..., :255] = sig_pos
-            comp[..., 255] = 1.0
-            comp[..., 1:] *= sig_neg
-            comp[..., 1:255] *= width[..., k, None]
-            comp *= (e[..., k] / tot)[..., None]
-            table = comp if table is None else table + comp
-        return table
+        # grid position in the sigmoid table per unit of (e - mean): e^-(c + ln 16) * 2^8
+        pos_scale = self.exp(-log_s) * (self.sigmoid_neg.scale / 16.0)
+        edges = self._logistic_edges
+        if K > 1:
+            logit_w = o[:, :, 0]
+            m = logit_w[..., 0].copy()
+            for k in range(1, K):
+                np.maximum(m, logit_w[..., k], out=m)
+            e = self.exp(logit_w - m[..., None])                        # (B, P, K), largest is 1
+            tot = e[..., 0].copy()
+            for k in range(1, K):
+                tot += e[..., k]                                        # fixed order, no np.sum
+        R = B * P
+        mean, pos_scale = mean.reshape(R, K), pos_scale.reshape(R, K)
+        weight = (e / tot[..., None]).reshape(R, K) if K > 1 else None
+        table = np.empty((R, 256))
+        for r0 in range(0, R, _ROWS):                       # cache-sized blocks: ~4x faster
+            r1 = min(R, r0 + _ROWS)
+            rows = np.arange(r1 - r0)
+            out = table[r0:r1]
+            for k in range(K):
+                d = np.subtract(edges, mean[r0:r1, k, None])            # (rows, 257) edge - mean
+                t = np.abs(d)
+                t *= pos_scale[r0:r1, k, None]
+                g = self.sigmoid_neg.at_scaled(t)                       # sigmoid(-|z|)
+                np.negative(d, out=d)
+                np.copysign(g, d, out=g)                                # CDF(e) - [e >= mean]
+                mass = np.subtract(g[:, 1:], g[:, :-1], out=out if k == 0 else None)
+                j = np.searchsorted(edges, mean[r0:r1, k], side="left") - 1
+                mass[rows, j] += 1.0                                    # the bin holding the mean
+                np.maximum(mass, 0.0, out=mass)
+                if K > 1:
+                    mass *= weight[r0:r1, k, None]
+                if k:
+                    out += mass
+        return table.reshape(B, P, 256)
 
     def pixel_log2_prob(self, params, x: np.ndarray) -> np.ndarray:
         return self.model.likelihood.coder_log2_prob(params, x)

@@ -262,7 +262,7 @@ def _load_for_coding(model_ref: str):
               help="Bundled model name or checkpoint/run directory. Default: mnist-bin for binary "
                    "images (values 0/1 or 0/255), mnist for 8-bit.")
 @click.option("--chains", type=click.IntRange(1, 4096), default=None,
-              help="Independent ANS chains (batch size of the network calls). Default: 1 per 500 images, max 64.")
+              help="Independent ANS chains (batch size of the network calls). Default: 1 per 1,000 images, max 32.")
 @click.option("--latent-bits", type=click.IntRange(4, 14), default=8, show_default=True,
               help="2^K equal-mass buckets per latent dimension.")
 @click.option("--refine-steps", type=click.IntRange(0, 1000), default=0, show_default=True,
