@@ -36,12 +36,6 @@ def table_entries(model: VAE, n_chains: int, latent_bits: int) -> int:
     return n_chains * max(model.cfg.latent_dim << latent_bits, model.cfg.n_pixels * per_pixel)
 
 
-def make_float_backend(model: VAE, latent_bits: int, refine_steps: int, refine_lr_e4: int):
-    if refine_steps:
-        return RefineBackend(model, latent_bits, refine_steps, refine_lr_e4 / 1e4)
-    return FloatBackend(model, latent_bits)
-
-
 # "exact" decodes on any machine; measured on 10k MNIST test images (mlp-bin, mlp-paper, mlp-8bit):
 # rate within +-0.001% of float32 (paired samples), 72-79% of its speed. Refinement needs float32.
 DEFAULT_CODER_PATH = "exact"
@@ -58,7 +52,9 @@ def make_coder_backend(coder_path: str, model: VAE, latent_bits: int, refine_ste
         return ExactBackend(model, latent_bits, batch_split)
     if coder_path != "float32":
         raise InputError(f"unknown coder path {coder_path!r}; choose exact or float32")
-    return make_float_backend(model, latent_bits, refine_steps, refine_lr_e4)
+    if refine_steps:
+        return RefineBackend(model, latent_bits, refine_steps, refine_lr_e4 / 1e4)
+    return FloatBackend(model, latent_bits)
 
 
 def default_chains(n_images: int) -> int:

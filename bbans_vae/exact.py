@@ -557,19 +557,6 @@ def exact_networks(model: VAE) -> ExactNetworks:
     return net
 
 
-CODER_BACKENDS = ("float32", "exact")
-
-
-def make_coder_backend(path: str, model: VAE, latent_bits: int, batch_split: int | None = None):
-    """The backend for a container's coder_path."""
-    from .coding import FloatBackend
-    if path == "float32":
-        return FloatBackend(model, latent_bits)
-    if path == "exact":
-        return ExactBackend(model, latent_bits, batch_split)
-    raise InputError(f"unknown coder path {path!r}; choose one of {', '.join(CODER_BACKENDS)}")
-
-
 def write_tables() -> None:
     TABLE_DIR.mkdir(parents=True, exist_ok=True)
     for name in TABLE_SPECS:
