@@ -88,6 +88,11 @@ class FloatBackend:
         pixel_log2_prob(params, x) -> (B,) log2 p(x|z) as the coder sees it (for accounting)
     and a `pixel_family` naming the codec in PIXEL_CODECS. Other backends (an exact integer
     path, posterior refinement) implement the same three.
+
+    A context model (`n_phases` > 1) replaces pixel_params by two calls:
+        decoder_out(z_idx)            (B, D) -> the decoder's output (opaque, kept for the round)
+        phase_params(out, x_vis, p)   -> codec parameters for all pixels, valid for phase p;
+                                         reads only the pixels of phases < p of x_vis (B, P)
     """
 
     path = "float32"
@@ -97,6 +102,17 @@ class FloatBackend:
         self.buckets = LatentBuckets(latent_bits)
         self.latent_dim = model.cfg.latent_dim
         self.pixel_family = model.likelihood.coder_family
+        self.n_phases = model.n_phases
+        self.phase = model.phase.numpy() if self.n_phases > 1 else None          # (P,) phase per pixel
+
+    def decoder_out(self, z_idx: np.ndarray) -> torch.Tensor:
+        with torch.inference_mode():
+            return self.model.decode(self.buckets.values(z_idx))                   # (B, P*k)
+
+    def phase_params(self, out: torch.Tensor, x_vis: np.ndarray, phase: int):
+        with torch.inference_mode():
+            o = self.model.phase_out(out, torch.from_numpy(x_vis).float(), phase)
+            return self.model.likelihood.coder_params(o)
 
     def posterior_probs(self, x: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
@@ -130,8 +146,51 @@ class _Round:
         self.codec = bits_back(Uniform(self.n_buckets, self.D), self.likelihood, self.posterior)
 
     def likelihood(self, z_idx: np.ndarray) -> Codec:
+        if self.backend.n_phases > 1:
+            return self.phased_likelihood(z_idx)
         self.px_params = self.backend.pixel_params(z_idx)
         return PIXEL_CODECS[self.backend.pixel_family](self.px_params)
+
+    def phased_likelihood(self, z_idx: np.ndarray) -> Codec:
+        """p(x|z) of a context model: phase p's pixels coded given phases < p.
+
+        Push computes every phase's parameters from x with the pixels of phases >= p zeroed,
+        exactly the array pop has when it reaches phase p, in the same batched call per phase;
+        phases are pushed last-first so pop reads phase 0 first (ANS is a stack).
+        """
+        backend, phase = self.backend, self.backend.phase
+        family = PIXEL_CODECS[backend.pixel_family]
+        out = backend.decoder_out(z_idx)
+        sels = [phase == p for p in range(backend.n_phases)]
+
+        def visible(x: np.ndarray, p: int) -> np.ndarray:
+            return np.where(phase < p, x, 0).astype(np.uint8)
+
+        def keep(params_by_phase):  # assemble every pixel's params from its own phase (accounting)
+            full = [np.array(a) for a in _as_tuple(params_by_phase[0])]
+            for p, sel in enumerate(sels[1:], 1):
+                for f, a in zip(full, _as_tuple(params_by_phase[p])):
+                    f[:, sel] = a[:, sel]
+            self.px_params = full[0] if len(full) == 1 else tuple(full)
+
+        def push(msg: Message, x: np.ndarray) -> Message:
+            params = [backend.phase_params(out, visible(x, p), p) for p in range(backend.n_phases)]
+            for p in reversed(range(backend.n_phases)):
+                family(_select(params[p], sels[p])).push(msg, np.ascontiguousarray(x[:, sels[p]]))
+            keep(params)
+            return msg
+
+        def pop(msg: Message) -> tuple[Message, np.ndarray]:
+            x = np.zeros((len(msg), len(phase)), np.uint8)
+            params = []
+            for p in range(backend.n_phases):
+                params.append(backend.phase_params(out, x, p))
+                msg, xs = family(_select(params[p], sels[p])).pop(msg)
+                x[:, sels[p]] = xs
+            keep(params)
+            return msg, x
+
+        return Codec(push, pop)
 
     def posterior(self, x: np.ndarray) -> Codec:
         probs = self.q_probs = self.backend.posterior_probs(x)
@@ -165,6 +224,16 @@ class _Round:
         neg_log_px = -self.backend.pixel_log2_prob(self.px_params, flat)
         neg_log_q = -_log2_prob(self.q_probs, z_idx)
         return neg_log_px + self.backend.buckets.bits * self.D - neg_log_q, neg_log_q
+
+
+def _as_tuple(params) -> tuple:
+    return params if isinstance(params, tuple) else (params,)
+
+
+def _select(params, sel: np.ndarray):
+    """Codec parameters of the pixels in `sel` (P,) bool: same structure, (B, n_sel) arrays."""
+    picked = tuple(np.ascontiguousarray(a[:, sel]) for a in _as_tuple(params))
+    return picked if isinstance(params, tuple) else picked[0]
 
 
 def make_backend(model: VAE, latent_bits: int, backend=None):

@@ -41,6 +41,13 @@ def table_entries(model: VAE, n_chains: int, latent_bits: int) -> int:
 DEFAULT_CODER_PATH = "exact"
 
 
+def default_coder_path(model: VAE, refine_steps: int = 0) -> str:
+    """"exact" where the model's architecture has it and no refinement is asked (refinement
+    runs float gradients); "float32" otherwise. The choice is stored in the container."""
+    from .exact import EXACT_ARCHS
+    return DEFAULT_CODER_PATH if model.cfg.arch in EXACT_ARCHS and not refine_steps else "float32"
+
+
 def make_coder_backend(coder_path: str, model: VAE, latent_bits: int, refine_steps: int = 0,
                        refine_lr_e4: int = 0, batch_split: int | None = None):
     """The backend for a header's coder_path: "float32" (this machine's kernels) or "exact"
@@ -104,8 +111,8 @@ def compress(model: VAE, model_name: str, model_sha256_hex: str, pixels: np.ndar
     if not 0 <= refine_steps <= 10_000:
         raise InputError("--refine-steps must be in 0..10000")
     refine_lr_e4 = int(round(refine_lr * 1e4))
-    if coder_path is None:                   # refinement runs float gradients: float32 only
-        coder_path = "float32" if refine_steps else DEFAULT_CODER_PATH
+    if coder_path is None:
+        coder_path = default_coder_path(model, refine_steps)
     backend = make_coder_backend(coder_path, model, latent_bits, refine_steps, refine_lr_e4)
     t0 = time.perf_counter()
     enc = encode_images(model, symbols, C, latent_bits, progress, backend=backend)

@@ -418,6 +418,9 @@ class ExactNetworks:
 _ROWS = 256  # rows of 257 edges per block in the table loops (fits in L2)
 
 
+EXACT_ARCHS = ("mlp",)  # architectures this integer arithmetic implements
+
+
 class ExactBackend:
     """Same interface as coding.FloatBackend; every output is reproducible bit for bit.
 
@@ -427,7 +430,13 @@ class ExactBackend:
 
     path = "exact"
 
+    n_phases = 1
+
     def __init__(self, model: VAE, latent_bits: int, batch_split: int | None = None):
+        if model.cfg.arch not in EXACT_ARCHS:
+            from .errors import InputError
+            raise InputError(f"the exact coder path supports architectures {', '.join(EXACT_ARCHS)}, not "
+                             f"{model.cfg.arch!r}; use --coder-path float32")
         self.model = model
         self.buckets = ExactBuckets(latent_bits)
         self.latent_dim = model.cfg.latent_dim

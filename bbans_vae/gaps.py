@@ -298,8 +298,8 @@ class _GivenPosterior:
     def flat_pixels(self, x):
         return self.model.flat_pixels(x)
 
-    def decode(self, z):
-        return self.model.decode(z)
+    def pixel_out(self, z, xf):
+        return self.model.pixel_out(z, xf)
 
 
 def dataset_iwae_bits(model: VAE, images: np.ndarray, k: int, seed: int = 0, batch_size: int = 100,

@@ -54,6 +54,7 @@ class ModelConfig:
     latent_dim: int = 10
     likelihood: str = "bernoulli"       # "bernoulli" | "gaussian" | "logistic"
     mixtures: int = 1                   # logistic mixture components (likelihood == "logistic")
+    context_channels: int = 0           # arch "ctx": channels of the pixel-context conv net
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -72,6 +73,7 @@ class ModelConfig:
                 latent_dim=int(d["latent_dim"]),
                 likelihood=str(d["likelihood"]),
                 mixtures=int(d.get("mixtures", 1)),
+                context_channels=int(d.get("context_channels", 0)),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise ModelError(f"model config is incomplete or malformed ({e!r})") from None
@@ -92,6 +94,10 @@ class ModelConfig:
             raise ModelError(f"image_shape must be (H, W) with H*W <= 2^20, got {self.image_shape}")
         if not (1 <= self.mixtures <= 16):
             raise ModelError("mixtures must be in 1..16")
+        if (self.arch == "ctx") != (self.context_channels > 0) or self.context_channels > 512:
+            raise ModelError("context_channels must be in 1..512 for arch 'ctx' and 0 otherwise")
+        if self.arch == "ctx" and self.likelihood == "logistic":
+            raise ModelError("arch 'ctx' supports the bernoulli and gaussian likelihoods")
 
     @property
     def n_pixels(self) -> int:
@@ -118,6 +124,11 @@ PRESETS: dict[str, tuple[ModelConfig, str]] = {
                      "2x500 ReLU, z=32, 3-component discretized logistic mixture"),
     "mlp-bbans-8bit": (ModelConfig(pixel_kind="8bit", likelihood="gaussian", hidden=(200,), latent_dim=50),
                        "BB-ANS paper 8-bit size: 784-200-50 (discretized Gaussian instead of beta-binomial)"),
+    "ctx-bin": (ModelConfig(arch="ctx", hidden=(500, 500), latent_dim=32, context_channels=32),
+                "mlp-bin + checkerboard pixel context (2 conv3x3 layers, 32 channels), Bernoulli"),
+    "ctx-8bit": (ModelConfig(arch="ctx", pixel_kind="8bit", likelihood="gaussian", hidden=(500, 500),
+                             latent_dim=32, context_channels=32),
+                 "mlp-8bit + checkerboard pixel context (2 conv3x3 layers, 32 channels), discretized Gaussian"),
 }
 
 
@@ -322,16 +333,97 @@ class VAE(nn.Module):
         """Decoder output for (B, D) latents: likelihood parameters (B, P * params_per_pixel)."""
         return self.decoder(z)
 
+    n_phases = 1  # pixel groups coded one after another (1: all pixels independent given z)
+
+    def pixel_out(self, z: torch.Tensor, xf: torch.Tensor) -> torch.Tensor:
+        """Likelihood parameters of every pixel of x (B, P) given z (B, D): (B, P * params_per_pixel).
+        Here they depend on z only; a context model also reads x (teacher forcing)."""
+        return self.decode(z)
+
     def pixel_coder_params(self, z: torch.Tensor):
         return self.likelihood.coder_params(self.decode(z))
 
+    def sample_given(self, z: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
+        """x ~ p(x|z): (B, D) -> (B, P) pixel values."""
+        return self.likelihood.sample(self.decode(z), gen)
+
     def sample(self, n: int, gen: torch.Generator | None = None) -> torch.Tensor:
         z = torch.randn(n, self.cfg.latent_dim, generator=gen)
-        x = self.likelihood.sample(self.decode(z), gen)
-        return x.view(n, *self.cfg.image_shape)
+        return self.sample_given(z, gen).view(n, *self.cfg.image_shape)
 
 
-ARCHITECTURES = {"mlp": VAE}
+def checkerboard_phases(height: int, width: int) -> torch.Tensor:
+    """(H*W,) phase of every pixel: (even, even) 0, (odd, odd) 1, (even, odd) 2, (odd, even) 3.
+
+    Phase p is coded after phases < p: phase 1 sees its 4 diagonal neighbours, phase 2 its 4
+    direct ones, phase 3 all 8 (He et al., "Checkerboard context model", CVPR 2021, 2 x 2 form).
+    """
+    r = torch.arange(height).view(-1, 1) % 2
+    c = torch.arange(width).view(1, -1) % 2
+    return torch.where(r == c, r, 2 + r).reshape(-1)
+
+
+class ContextVAE(VAE):
+    """VAE whose pixel likelihood also reads already-coded neighbours: 4 checkerboard phases.
+
+    p(x|z) = prod_p prod_{i in phase p} p(x_i | z, x_{phases < p}). The decoder MLP gives every
+    pixel base parameters h(z); a small conv net reads [h, visible pixels, visibility mask] and
+    adds a correction (zero at init, so a context model started from an mlp checkpoint begins as
+    that model). Coding runs the phases in order, each one batched network call (coding.py).
+    The bits-back structure is unchanged: the context only sharpens p(x|z).
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__(cfg)
+        k, c = self.likelihood.params_per_pixel, cfg.context_channels
+        self.context = nn.Sequential(nn.Conv2d(k + 2, c, 3, padding=1), nn.ReLU(),
+                                     nn.Conv2d(c, c, 3, padding=1), nn.ReLU(), nn.Conv2d(c, k, 1))
+        nn.init.zeros_(self.context[-1].weight)
+        nn.init.zeros_(self.context[-1].bias)
+        self.register_buffer("phase", checkerboard_phases(*cfg.image_shape), persistent=False)
+
+    n_phases = 4
+
+    def phase_out(self, out: torch.Tensor, xf: torch.Tensor, phase: int) -> torch.Tensor:
+        """Parameters (B, P*k) for the pixels of `phase`, reading only pixels of phases < phase of
+        xf (B, P) (others are ignored, so a partly decoded image gives the same result)."""
+        B, (H, W), k = out.shape[0], self.cfg.image_shape, self.likelihood.params_per_pixel
+        vis = (self.phase < phase).to(out.dtype)                                  # (P,)
+        x_in = self.encoder_input(xf) * vis                                       # (B, P)
+        h = out.view(B, H, W, k).permute(0, 3, 1, 2)                              # (B, k, H, W)
+        inp = torch.cat([h, x_in.view(B, 1, H, W), vis.view(1, 1, H, W).expand(B, 1, H, W)], 1)
+        return out + self.context(inp).permute(0, 2, 3, 1).reshape(B, H * W * k)
+
+    def pixel_out(self, z: torch.Tensor, xf: torch.Tensor) -> torch.Tensor:
+        out = self.decode(z)                                                      # (B, P*k)
+        B, k = out.shape[0], self.likelihood.params_per_pixel
+        # all phases in one batched call (training); the coder calls phase_out per phase instead
+        stacked = torch.cat([out] * self.n_phases, 0)
+        xs = torch.cat([xf] * self.n_phases, 0)
+        vis_phase = torch.arange(self.n_phases, device=out.device).repeat_interleave(B)   # (4B,)
+        P = self.cfg.n_pixels
+        (H, W) = self.cfg.image_shape
+        vis = (self.phase.view(1, P) < vis_phase.view(-1, 1)).to(out.dtype)      # (4B, P)
+        x_in = self.encoder_input(xs) * vis
+        h = stacked.view(-1, H, W, k).permute(0, 3, 1, 2)
+        inp = torch.cat([h, x_in.view(-1, 1, H, W), vis.view(-1, 1, H, W)], 1)
+        all_out = stacked + self.context(inp).permute(0, 2, 3, 1).reshape(-1, P * k)   # (4B, P*k)
+        pick = self.phase.repeat_interleave(k)                                    # (P*k,) phase per output
+        return all_out.view(self.n_phases, B, P * k).gather(0, pick.view(1, 1, -1).expand(1, B, -1))[0]
+
+    def pixel_coder_params(self, z: torch.Tensor):
+        raise NotImplementedError("a context model's pixel parameters depend on x: use phase_out per phase")
+
+    def sample_given(self, z: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
+        out = self.decode(z)
+        x = torch.zeros(z.shape[0], self.cfg.n_pixels, device=z.device)
+        for p in range(self.n_phases):
+            sel = self.phase == p
+            x[:, sel] = self.likelihood.sample(self.phase_out(out, x, p), gen)[:, sel]
+        return x
+
+
+ARCHITECTURES = {"mlp": VAE, "ctx": ContextVAE}
 
 
 def build_model(cfg: ModelConfig) -> VAE:
@@ -365,7 +457,7 @@ def neg_elbo_bits(model: VAE, x: torch.Tensor, n_samples: int = 1,
     rec = 0.0
     for _ in range(n_samples):
         eps = torch.randn(mu.shape, generator=gen, device=mu.device)
-        rec = rec + model.likelihood.nll_bits(xf, model.decode(mu + sigma * eps))
+        rec = rec + model.likelihood.nll_bits(xf, model.pixel_out(mu + sigma * eps, xf))
     return rec / n_samples + gaussian_kl_bits(mu, sigma)
 
 
@@ -380,7 +472,8 @@ def iwae_bits(model: VAE, x: torch.Tensor, k: int, gen: torch.Generator | None =
         m = min(chunk, k - start)
         eps = torch.randn(m, B, D, generator=gen)
         z = mu + sigma * eps                                            # (m, B, D)
-        nll = model.likelihood.nll_bits(xf.repeat(m, 1), model.decode(z.view(m * B, D))).view(m, B) * LN2
+        xr = xf.repeat(m, 1)
+        nll = model.likelihood.nll_bits(xr, model.pixel_out(z.view(m * B, D), xr)).view(m, B) * LN2
         log_prior = -0.5 * (z.pow(2) + math.log(2 * math.pi)).sum(-1)
         log_q = -0.5 * (eps.pow(2) + math.log(2 * math.pi)).sum(-1) - torch.log(sigma).sum(-1)
         logws.append(-nll + log_prior - log_q)

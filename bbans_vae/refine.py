@@ -70,7 +70,7 @@ def reverse_half_asleep_objective(mode: str = "prior"):
             else:
                 mu, sigma = model.posterior(x[n - n // 2:])
                 z = mu + sigma * torch.randn(mu.shape, generator=gen, device=x.device)
-            dreamed = model.likelihood.sample(model.decode(z), gen).view(-1, *model.cfg.image_shape)
+            dreamed = model.sample_given(z, gen).view(-1, *model.cfg.image_shape)
         batch = torch.cat([half.float(), dreamed.to(half.device).float()], 0)
         return neg_elbo_bits(model, batch, gen=gen).mean()
 

@@ -12,6 +12,8 @@ The fixed training subset (`train_size`) is `RandomState(seed).permutation(n)[:t
 """
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import math
 import time
@@ -159,9 +161,16 @@ def train(run_dir: Path, args: TrainArgs, device: str = "cpu", meta: dict | None
     model = build_model(cfg).to(device)
     if args.init:
         from .checkpoint import load_model
-        model, init_conf, _ = load_model(args.init, device)
-        if model.cfg != cfg:
-            raise ModelError(f"--init {args.init} has architecture {model.cfg}, not {cfg}")
+        init_model, init_conf, _ = load_model(args.init, device)
+        if init_model.cfg == cfg:
+            model = init_model
+        elif dataclasses.replace(init_model.cfg, arch=cfg.arch, context_channels=cfg.context_channels) == cfg:
+            # an mlp checkpoint starts a context model: same encoder/decoder, fresh context net
+            missing, unexpected = model.load_state_dict(init_model.state_dict(), strict=False)
+            if unexpected or any(not k.startswith("context.") for k in missing):
+                raise ModelError(f"--init {args.init}: weights do not fit {cfg.arch} ({missing}, {unexpected})")
+        else:
+            raise ModelError(f"--init {args.init} has architecture {init_model.cfg}, not {cfg}")
     opt = torch.optim.Adam(trainable(model), lr=args.lr)
     start_epoch = 1
     resume = run_dir / "resume"
