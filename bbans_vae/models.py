@@ -19,10 +19,16 @@ Presets (one table, `PRESETS`; parameter counts from `count_parameters`, 28x28 i
 | mlp-paper       | 3 x 500 ReLU          | 10 | Bernoulli                 | 1,802,804|
 | mlp-bbans-bin   | 1 x 100 ReLU          | 40 | Bernoulli                 |   169,864|
 | mlp-bin         | 2 x 500 ReLU          | 32 | Bernoulli                 | 1,334,848|
-| mlp-8bit        | 2 x 500 ReLU          | 32 | discretized Gaussian      | PARAMS_8BIT|
+| mlp-8bit        | 2 x 500 ReLU          | 32 | discretized Gaussian      | 1,727,632|
 | mlp-8bit-logistic| 2 x 500 ReLU         | 32 | discretized logistic, K=1 | 2,120,416|
 | mlp-8bit-mix    | 2 x 500 ReLU          | 32 | discretized logistic, K=3 | 4,477,120|
-| mlp-bbans-8bit  | 1 x 200 ReLU          | 50 | discretized Gaussian      | PARAMS_BB8|
+| mlp-bbans-8bit  | 1 x 200 ReLU          | 50 | discretized Gaussian      |   502,468|
+| ctx-bin         | mlp-bin + context net | 32 | Bernoulli, 4 phases       | 1,345,025|
+| ctx-8bit        | mlp-8bit + context net| 32 | discretized Gaussian, 4 ph| 1,738,130|
+
+`ctx-*` (ContextVAE): the likelihood also reads already-coded neighbours in a 2x2 checkerboard
+order (He et al., "Checkerboard Context Model for Efficient Learned Image Compression", CVPR
+2021; PixelVAE, Gulrajani et al. 2017, for the idea of a local autoregressive VAE decoder).
 """
 from __future__ import annotations
 
