@@ -33,6 +33,11 @@ def main() -> None:
     if log.exists():
         recs = [json.loads(l) for l in log.read_text().splitlines() if l.strip()]
         config["train_seconds"] = round(sum(r["seconds"] for r in recs if r["epoch"] <= config["epoch"]), 1)
+    if config.get("init"):  # started from another model: record which, and its training time
+        from bbans_vae.checkpoint import resolve_model
+        init_conf = read_config(resolve_model(config["init"]))
+        config["init_weights_sha256"] = init_conf["weights_sha256"]
+        config["init_train_seconds"] = init_conf.get("train_seconds", 0.0) + init_conf.get("init_train_seconds", 0.0)
     res = evaluate(model, config["dataset"], "test")
     config.setdefault("metrics", {})["test_neg_elbo_bpd"] = res["neg_elbo_bpd"]
     config["bundled_name"] = args.name
