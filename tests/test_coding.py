@@ -88,7 +88,7 @@ def test_decode_rejects_leftover_and_missing_data(sample_images):
         decode_images(model, enc.chain_words, 9, (28, 28), enc.plain_images, 8)
 
 
-@pytest.mark.parametrize("name", ["mnist-bin", "mnist-bin-paper", "mnist"])
+@pytest.mark.parametrize("name", ["mnist-bin", "mnist-bin-paper", "mnist", "mnist-bin-ctx", "mnist-ctx"])
 def test_bundled_models_roundtrip_and_rate(bundled, sample_images, name):
     """Real model, 1,000 real images (binary) / 300 (8-bit): exact, and length == ideal + start cost.
 
