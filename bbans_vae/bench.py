@@ -60,7 +60,7 @@ PROTOCOLS = {
     "mosaic": "classical image codec on one near-square mosaic of all images (padding tiles "
               "are all zero, their cost is charged)",
     "all": "BB-ANS: every image in one .vae file (container header included), default chains "
-           "(1 per 500 images, at most 64)",
+           "(1 per 1,000 images, at most 32)",
     "chunks100": f"BB-ANS: one .vae file per {CHUNK_IMAGES} consecutive images, 1 chain each, "
                  "container sizes summed",
     "single": "BB-ANS: one .vae file per image (1 chain; an image alone in a chain cannot get bits "
