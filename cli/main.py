@@ -267,7 +267,7 @@ def _load_for_coding(model_ref: str):
               help="2^K equal-mass buckets per latent dimension.")
 @click.option("--refine-steps", type=click.IntRange(0, 1000), default=0, show_default=True,
               help="Transmit-free posterior refinement: K Adam steps on each image's ELBO before coding "
-                   "its latent; the decoder repeats them. Smaller files, ~K times slower.")
+                   "its latent; the decoder repeats them. Measured on 10k mnist-bin: K=2 -1.9% at ~1,900 img/s, K=10 -4.8% at ~660 img/s. Float32 path only.")
 @click.option("--coder-path", type=click.Choice(["exact", "float32"]), default=None,
               help="How the coder's distributions are computed. exact: integer networks and bundled "
                    "tables, so the file decodes on any machine (other CPU, BLAS, threads). float32: this "
