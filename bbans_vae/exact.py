@@ -434,7 +434,6 @@ class ExactBackend:
 
     def __init__(self, model: VAE, latent_bits: int, batch_split: int | None = None):
         if model.cfg.arch not in EXACT_ARCHS:
-            from .errors import InputError
             raise InputError(f"the exact coder path supports architectures {', '.join(EXACT_ARCHS)}, not "
                              f"{model.cfg.arch!r}; use --coder-path float32")
         self.model = model

@@ -390,32 +390,30 @@ class ContextVAE(VAE):
 
     n_phases = 4
 
+    def _with_context(self, out: torch.Tensor, xf: torch.Tensor, vis: torch.Tensor) -> torch.Tensor:
+        """out (N, P*k) plus the context net's correction, reading the pixels of xf (N, P) where
+        vis (N, P) is 1 (the rest are zeroed, so unseen pixels cannot leak in)."""
+        N, (H, W), k = out.shape[0], self.cfg.image_shape, self.likelihood.params_per_pixel
+        x_in = self.encoder_input(xf) * vis                                       # (N, P)
+        h = out.view(N, H, W, k).permute(0, 3, 1, 2)                              # (N, k, H, W)
+        inp = torch.cat([h, x_in.view(N, 1, H, W), vis.view(N, 1, H, W)], 1)
+        return out + self.context(inp).permute(0, 2, 3, 1).reshape(N, H * W * k)
+
     def phase_out(self, out: torch.Tensor, xf: torch.Tensor, phase: int) -> torch.Tensor:
         """Parameters (B, P*k) for the pixels of `phase`, reading only pixels of phases < phase of
         xf (B, P) (others are ignored, so a partly decoded image gives the same result)."""
-        B, (H, W), k = out.shape[0], self.cfg.image_shape, self.likelihood.params_per_pixel
-        vis = (self.phase < phase).to(out.dtype)                                  # (P,)
-        x_in = self.encoder_input(xf) * vis                                       # (B, P)
-        h = out.view(B, H, W, k).permute(0, 3, 1, 2)                              # (B, k, H, W)
-        inp = torch.cat([h, x_in.view(B, 1, H, W), vis.view(1, 1, H, W).expand(B, 1, H, W)], 1)
-        return out + self.context(inp).permute(0, 2, 3, 1).reshape(B, H * W * k)
+        vis = (self.phase < phase).to(out.dtype).expand(out.shape[0], -1)         # (B, P)
+        return self._with_context(out, xf, vis)
 
     def pixel_out(self, z: torch.Tensor, xf: torch.Tensor) -> torch.Tensor:
-        out = self.decode(z)                                                      # (B, P*k)
-        B, k = out.shape[0], self.likelihood.params_per_pixel
         # all phases in one batched call (training); the coder calls phase_out per phase instead
-        stacked = torch.cat([out] * self.n_phases, 0)
-        xs = torch.cat([xf] * self.n_phases, 0)
-        vis_phase = torch.arange(self.n_phases, device=out.device).repeat_interleave(B)   # (4B,)
-        P = self.cfg.n_pixels
-        (H, W) = self.cfg.image_shape
-        vis = (self.phase.view(1, P) < vis_phase.view(-1, 1)).to(out.dtype)      # (4B, P)
-        x_in = self.encoder_input(xs) * vis
-        h = stacked.view(-1, H, W, k).permute(0, 3, 1, 2)
-        inp = torch.cat([h, x_in.view(-1, 1, H, W), vis.view(-1, 1, H, W)], 1)
-        all_out = stacked + self.context(inp).permute(0, 2, 3, 1).reshape(-1, P * k)   # (4B, P*k)
+        out = self.decode(z)                                                      # (B, P*k)
+        B, k, n = out.shape[0], self.likelihood.params_per_pixel, self.n_phases
+        row_phase = torch.arange(n, device=out.device).repeat_interleave(B)       # (nB,)
+        vis = (self.phase.view(1, -1) < row_phase.view(-1, 1)).to(out.dtype)     # (nB, P)
+        all_out = self._with_context(out.repeat(n, 1), xf.repeat(n, 1), vis)     # (nB, P*k)
         pick = self.phase.repeat_interleave(k)                                    # (P*k,) phase per output
-        return all_out.view(self.n_phases, B, P * k).gather(0, pick.view(1, 1, -1).expand(1, B, -1))[0]
+        return all_out.view(n, B, -1).gather(0, pick.view(1, 1, -1).expand(1, B, -1))[0]
 
     def pixel_coder_params(self, z: torch.Tensor):
         raise NotImplementedError("a context model's pixel parameters depend on x: use phase_out per phase")

@@ -12,12 +12,11 @@ The fixed training subset (`train_size`) is `RandomState(seed).permutation(n)[:t
 """
 from __future__ import annotations
 
-import dataclasses
 
 import json
 import math
 import time
-from dataclasses import dataclass, asdict
+from dataclasses import dataclass, asdict, replace
 from pathlib import Path
 from typing import Callable
 
@@ -164,7 +163,7 @@ def train(run_dir: Path, args: TrainArgs, device: str = "cpu", meta: dict | None
         init_model, init_conf, _ = load_model(args.init, device)
         if init_model.cfg == cfg:
             model = init_model
-        elif dataclasses.replace(init_model.cfg, arch=cfg.arch, context_channels=cfg.context_channels) == cfg:
+        elif replace(init_model.cfg, arch=cfg.arch, context_channels=cfg.context_channels) == cfg:
             # an mlp checkpoint starts a context model: same encoder/decoder, fresh context net
             missing, unexpected = model.load_state_dict(init_model.state_dict(), strict=False)
             if unexpected or any(not k.startswith("context.") for k in missing):
