@@ -69,6 +69,17 @@ PROTOCOLS = {
 BBANS_PROTOCOLS = ("all", "chunks100", "single")
 
 
+def refine_protocol(steps: int) -> str:
+    """Name of the `all` protocol with `steps` steps of transmit-free posterior refinement."""
+    return f"all+refine{steps}"
+
+
+def refine_protocol_text(steps: int) -> str:
+    return (f"BB-ANS `all` with {steps} Adam steps of transmit-free posterior refinement per image before "
+            "its latent is coded (refine.py; the decoder repeats them; float32 coder path, so the file "
+            "decodes on the encoding machine configuration only)")
+
+
 @dataclass(frozen=True)
 class QuickSettings:
     datasets: tuple = ("mnist-bin", "mnist")
@@ -186,7 +197,7 @@ def forward_seconds(model: VAE, images: np.ndarray, n_chains: int, file_images: 
 
 
 def _code_files(m: _Model, images: np.ndarray, nelbo_bits: np.ndarray, protocol: str, file_images: int,
-                n_chains: int | None, latent_bits: int, with_forward: bool = True) -> dict:
+                n_chains: int | None, latent_bits: int, with_forward: bool = True, refine_steps: int = 0) -> dict:
     """Encode `images` as files of `file_images` images, decode each, verify; one result row."""
     n, dims = len(images), images[0].size * len(images)
     totals = dict(actual_bits=0, payload_bits=0, container_bits=0, initial_bits=0.0, ideal_bits=0.0,
@@ -197,7 +208,7 @@ def _code_files(m: _Model, images: np.ndarray, nelbo_bits: np.ndarray, protocol:
         chunk = np.ascontiguousarray(images[start:start + file_images])
         t0 = time.perf_counter()
         data, rep = compress(m.model, m.name, m.sha, chunk, names_stem="bench", n_chains=n_chains,
-                             latent_bits=latent_bits, with_neg_elbo=False)
+                             latent_bits=latent_bits, with_neg_elbo=False, refine_steps=refine_steps)
         enc_s += time.perf_counter() - t0
         for k in totals:
             totals[k] += rep[k]
@@ -218,7 +229,8 @@ def _code_files(m: _Model, images: np.ndarray, nelbo_bits: np.ndarray, protocol:
     row = {"codec": f"vaecompress {m.name}", "ours": True, "model": m.name, "protocol": protocol,
            "input": "bbans", "n_images": n, "files": files, "chains": chains,
            "total_bytes": totals["actual_bits"] // 8, "bpd": totals["actual_bits"] / dims,
-           "lossless_verified": verified, "error": error, "latent_bits": latent_bits}
+           "lossless_verified": verified, "error": error, "latent_bits": latent_bits,
+           "refine_steps": refine_steps, "coder_path": rep["coder_path"]}
     for k, v in totals.items():
         row[k] = v
         if k.endswith("_bits"):
@@ -245,7 +257,8 @@ def run_bench(datasets: Sequence[str] = DATASETS, models: Sequence[str] | None =
               progress: Progress | None = None, *, codecs: Iterable[str] | None = None,
               single_images: int = SINGLE_IMAGES, curve_sizes: Sequence[int] = CURVE_SIZES,
               latent_bits: int = DEFAULT_LATENT_BITS, data_dir: str | None = None,
-              command: str | None = None, sweep_model: str | None = None) -> dict:
+              command: str | None = None, sweep_model: str | None = None,
+              refine_steps: Sequence[int] = ()) -> dict:
     """Benchmark BB-ANS and classical codecs; returns the result dict (see module docstring).
 
     datasets: dataset names (test split each). models: model references (bundled names or
@@ -254,6 +267,8 @@ def run_bench(datasets: Sequence[str] = DATASETS, models: Sequence[str] | None =
     classical: run `baselines.measure`; codecs: restrict it to these registry names.
     effort: JPEG-XL effort (None = the library's maximum). sweep_model: model for the speed
       sweep (default: bundled `mnist-bin` if given, else the first binary model, else the first).
+    refine_steps: for each K > 0, one more BB-ANS row per (model, dataset): protocol `all` with K
+      steps of posterior refinement (`refine_protocol(K)`).
     """
     t_start = time.perf_counter()
     datasets = list(dict.fromkeys(datasets))
@@ -262,6 +277,9 @@ def run_bench(datasets: Sequence[str] = DATASETS, models: Sequence[str] | None =
         raise VaeCompressError("--limit must be at least 1")
     if any(int(c) < 1 for c in chains_list):
         raise VaeCompressError("chain counts must be at least 1")
+    refine_steps = sorted({int(k) for k in refine_steps})
+    if any(not 1 <= k <= 1000 for k in refine_steps):
+        raise VaeCompressError("refinement steps must be in 1..1000")
     jxl_effort = baselines.default_jxl_effort() if effort is None else int(effort)
     loaded = _load_models(models)
     notes: list[str] = []
@@ -324,6 +342,13 @@ def run_bench(datasets: Sequence[str] = DATASETS, models: Sequence[str] | None =
                             row["subset"] = f"first {k} images"
                     result_ds[d]["rows"].append(row)
                 add(f"{d}: {m.name} BB-ANS {proto}", code)
+            for k in refine_steps:
+                def code_refined(d=d, m=m, k=k):
+                    x = state["images"][d]
+                    row = _code_files(m, x, state["nelbo"][(d, m.name)], refine_protocol(k), len(x), None,
+                                      latent_bits, refine_steps=k)
+                    result_ds[d]["rows"].append(row)
+                add(f"{d}: {m.name} BB-ANS {refine_protocol(k)}", code_refined)
 
     # speed sweep
     sweep_pick = _pick_sweep(loaded, specs, sweep_model)
@@ -394,9 +419,10 @@ def run_bench(datasets: Sequence[str] = DATASETS, models: Sequence[str] | None =
                      "codecs": None if codecs is None else list(codecs), "jpegxl_effort": jxl_effort,
                      "chains_sweep": [int(c) for c in chains_list], "chunk_images": CHUNK_IMAGES,
                      "single_images": single_images, "curve_sizes": [int(n) for n in curve_sizes],
-                     "latent_bits": latent_bits,
+                     "latent_bits": latent_bits, "refine_steps": refine_steps,
                      "neg_elbo": "dataset_neg_elbo_bits: exact KL + 1-sample MC reconstruction, seed 0"},
-        "protocols": {k: v.format(single=single_images) for k, v in PROTOCOLS.items()},
+        "protocols": {**{k: v.format(single=single_images) for k, v in PROTOCOLS.items()},
+                      **{refine_protocol(k): refine_protocol_text(k) for k in refine_steps}},
         "models": [m.info() for m in loaded],
         "codecs": baselines.codec_table(jxl_effort) if classical else [],
         "datasets": result_ds,
@@ -563,7 +589,9 @@ def format_markdown(result: dict, plot_names: Sequence[str] = ()) -> str:
     if not result["all_verified"]:
         L += ["**WARNING: some decodes did not reproduce their input: see the rows marked NOT VERIFIED.**", ""]
     L += ["## Headline", "",
-          "Best full-set vaecompress row (protocols `all`, `chunks100`) vs the best classical codec on the same "
+          "Best full-set vaecompress row (protocols `all`, `chunks100`"
+          + "".join(f", `{refine_protocol(k)}`" for k in s.get("refine_steps", ())) + ") vs the best classical "
+          "codec on the same "
           "images; ratio = vaecompress bpd / classical bpd (below 1: vaecompress is smaller).", "",
           "| dataset | images | vaecompress (best) | bpd | best classical | bpd | ratio |",
           "|---|---:|---|---:|---|---:|---:|"]

@@ -576,10 +576,13 @@ def gaps(run_dir, refit_epochs, json_out, csv_out, plot_out, quick, iwae_k, loca
               help="JPEG-XL effort.  [default: the library's maximum (10 for libjxl >= 0.10); --quick: 7]")
 @click.option("--single-images", type=click.IntRange(1), default=None,
               help="Images coded one file each in the `single` protocol.  [default: 200; --quick: 50]")
+@click.option("--refine-steps", "refine_steps", multiple=True, type=click.IntRange(1, 1000),
+              help="Also code each full set in one file with K steps of posterior refinement (protocol "
+                   "`all+refineK`; repeatable). Slow: about 25x the plain encode time at K=10 on a ctx model.")
 @data_dir_option
 @quiet_option
 def bench(datasets, model_refs, limit, out_dir, json_out, no_classical, quick, chains_list, jxl_effort,
-          single_images, data_dir, quiet):
+          single_images, refine_steps, data_dir, quiet):
     """Benchmark BB-ANS against classical lossless codecs on the same test images; print the
     headline table (our best bpd vs the best classical codec per dataset).
 
@@ -599,6 +602,7 @@ def bench(datasets, model_refs, limit, out_dir, json_out, no_classical, quick, c
       vaecompress bench --quick
       vaecompress bench -d mnist-bin --limit 1000 --json bench.json
       vaecompress bench --model mnist-bin --model runs/paper -d mnist-bin -d binarized-mnist -o out/
+      vaecompress bench -m mnist-ctx -d mnist --no-classical --refine-steps 10
       vaecompress bench -o benchmarks/results/bench      # the full run (see benchmarks/run_all.sh)
     """
     from tqdm import tqdm
@@ -628,7 +632,8 @@ def bench(datasets, model_refs, limit, out_dir, json_out, no_classical, quick, c
 
     res = B.run_bench(datasets or B.DATASETS, list(model_refs) if model_refs else None, limit=limit,
                       chains_list=chains, classical=not no_classical, effort=jxl_effort, progress=on_progress,
-                      single_images=single_images or B.SINGLE_IMAGES, data_dir=data_dir, command=command_line())
+                      single_images=single_images or B.SINGLE_IMAGES, data_dir=data_dir, command=command_line(),
+                      refine_steps=refine_steps)
     bar.close()
     click.echo(B.format_headline(res))
     if out_dir:

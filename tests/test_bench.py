@@ -120,3 +120,20 @@ def test_cli_bench_errors(real_data_root):
     res = CliRunner().invoke(main, ["bench", "-d", "no-such-set", "--no-classical"])
     assert res.exit_code != 0 and "Traceback" not in res.output
     assert res.output.startswith("vaecompress: error: ")
+
+
+def test_refine_protocol_row(tiny, real_data_root):
+    """--refine-steps adds one verified full-set row per (model, dataset), coded with refinement, and
+    the headline can pick it."""
+    res = run_bench(["mnist"], [tiny["8bit"]], limit=40, chains_list=(), classical=False, single_images=2,
+                    curve_sizes=(), data_dir=real_data_root, refine_steps=(3,))
+    rows = {r["protocol"]: r for r in res["datasets"]["mnist"]["rows"]}
+    assert set(rows) == {*BBANS_PROTOCOLS, "all+refine3"}
+    ref, plain = rows["all+refine3"], rows["all"]
+    assert ref["refine_steps"] == 3 and ref["coder_path"] == "float32" and plain["refine_steps"] == 0
+    assert ref["lossless_verified"] and ref["n_images"] == 40 and ref["files"] == 1
+    assert ref["ideal_bits"] != plain["ideal_bits"]        # the refined posterior was actually used
+    assert "all+refine3" in res["protocols"] and res["settings"]["refine_steps"] == [3]
+    assert res["headline"][0]["ours_bpd"] == min(r["bpd"] for r in rows.values() if not r.get("subset"))
+    with pytest.raises(Exception, match="1..1000"):
+        run_bench(["mnist"], [tiny["8bit"]], limit=5, classical=False, refine_steps=(0,), data_dir=real_data_root)
