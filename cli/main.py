@@ -271,8 +271,8 @@ def _load_for_coding(model_ref: str):
 @click.option("--coder-path", type=click.Choice(["exact", "float32"]), default=None,
               help="How the coder's distributions are computed. exact: integer networks and bundled "
                    "tables, so the file decodes on any machine (other CPU, BLAS, threads). float32: this "
-                   "machine's float kernels; decode on the same configuration.  [default: exact for mlp models; "
-                   "float32 for context (ctx) models and with --refine-steps, which need it]")
+                   "machine's float kernels; decode on the same configuration.  [default: exact; float32 with "
+                   "--refine-steps, which needs it]")
 @click.option("--force", "-f", is_flag=True, help="Overwrite OUTPUT if it exists.")
 @click.option("--json", "as_json", is_flag=True, help="Print the coding report as JSON.")
 @quiet_option
@@ -333,9 +333,9 @@ def decode(input_file, output, fmt, model_ref, force, as_json, quiet):
 
     The decoded pixels are checked against the checksum stored at encode time; on any mismatch
     nothing is written. Bitstreams are tied to the model file; files written on the exact coder
-    path (the default for mlp models) decode on any machine with the same constriction version,
-    float32-path files (context models, --refine-steps) only on the machine configuration that
-    encoded them.
+    path (the default) decode on any machine with the same constriction version, float32-path
+    files (--coder-path float32, --refine-steps) only on the machine configuration that encoded
+    them.
 
     \b
     Examples:

@@ -1,5 +1,5 @@
 """Context models (arch "ctx"): checkerboard phases, teacher forcing = phase-by-phase decoding,
-exact round trips on the float32 path, and a clean refusal on the exact path."""
+exact round trips on both coder paths (the exact path is the default, as for mlp models)."""
 from __future__ import annotations
 
 import numpy as np
@@ -73,15 +73,19 @@ def test_context_code_length_tracks_neg_elbo(sample_images):
     assert abs(enc.ideal_bits.mean() / float(nelbo.mean()) - 1) < 0.02
 
 
-def test_context_models_use_float32_path_and_refuse_exact(sample_images):
-    m = ctx_model("ctx-bin")
+@pytest.mark.parametrize("preset", ["ctx-bin", "ctx-8bit"])
+def test_context_models_default_to_the_exact_path(preset, sample_images):
+    m = ctx_model(preset)
     x = images_for(m, sample_images, 12)
-    assert default_coder_path(m) == "float32"
-    data, rep = compress(m, "ctx", "00" * 32, x, n_chains=2, with_neg_elbo=False)
-    assert rep["coder_path"] == "float32"
-    assert np.array_equal(decompress(data, m, "00" * 32)[0], x)
-    with pytest.raises(InputError, match="exact coder path"):
-        compress(m, "ctx", "00" * 32, x, n_chains=2, coder_path="exact")
+    assert default_coder_path(m) == "exact" and default_coder_path(m, refine_steps=2) == "float32"
+    sizes = {}
+    for path in (None, "float32"):
+        data, rep = compress(m, "ctx", "00" * 32, x, n_chains=2, with_neg_elbo=False, coder_path=path)
+        assert rep["coder_path"] == (path or "exact")
+        pixels, header, _ = decompress(data, m, "00" * 32)
+        assert header.coder_path == rep["coder_path"] and np.array_equal(pixels, x)
+        sizes[rep["coder_path"]] = len(data)
+    assert abs(sizes["exact"] / sizes["float32"] - 1) < 0.05, sizes
 
 
 def test_context_refinement_roundtrip(sample_images):

@@ -35,18 +35,50 @@ def digest(*arrays) -> str:
     return h.hexdigest()
 
 
+def random_ctx_model(preset: str, seed: int = 1, **kw):
+    """A context model with a non-zero context net (its last layer is zero at init)."""
+    model = random_model(preset, seed=seed, **kw)
+    g = torch.Generator().manual_seed(seed)
+    last = model.context[-1]
+    with torch.no_grad():
+        last.weight.copy_(0.3 * torch.randn(last.weight.shape, generator=g))
+        last.bias.copy_(0.1 * torch.randn(last.bias.shape, generator=g))
+    return model
+
+
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    """Checkpoints on disk (for subprocesses): binary at mlp-bin size, 8-bit Gaussian, logistic mix."""
+    """Checkpoints on disk (for subprocesses): binary at mlp-bin size, 8-bit Gaussian, logistic mix,
+    and context models (binary, 8-bit Gaussian)."""
     root = tmp_path_factory.mktemp("exact_models")
     out = {}
-    for name, preset, kw in [("bin", "mlp-bin", {}),
-                             ("8bit", "mlp-bbans-8bit", {"hidden": (64,), "latent_dim": 8}),
-                             ("mix", "mlp-8bit-mix", {"hidden": (32,), "latent_dim": 4})]:
-        save_checkpoint(root / name, random_model(preset, seed=1, **kw), {"dataset": name})
+    for name, make, preset, kw in [
+            ("bin", random_model, "mlp-bin", {}),
+            ("8bit", random_model, "mlp-bbans-8bit", {"hidden": (64,), "latent_dim": 8}),
+            ("mix", random_model, "mlp-8bit-mix", {"hidden": (32,), "latent_dim": 4}),
+            ("ctxbin", random_ctx_model, "ctx-bin", {"hidden": (64,), "latent_dim": 8, "context_channels": 16}),
+            ("ctx8", random_ctx_model, "ctx-8bit", {"hidden": (64,), "latent_dim": 8, "context_channels": 16})]:
+        save_checkpoint(root / name, make(preset, seed=1, **kw), {"dataset": name})
         model, config, _ = load_model(str(root / name))
         out[name] = (root / name, model, config["weights_sha256"])
     return out
+
+
+def is_binary_model(name: str) -> bool:
+    return name in ("bin", "ctxbin")
+
+
+def probe_params(eb, z_idx: np.ndarray, x: np.ndarray) -> tuple:
+    """Every pixel parameter the coder would use for images x at latents z_idx, as arrays:
+    pixel_params, or for a context model each phase's parameters on that phase's pixels."""
+    if eb.n_phases == 1:
+        p = eb.pixel_params(z_idx)
+        return p if isinstance(p, tuple) else (p,)
+    out, xf, res = eb.decoder_out(z_idx), x.reshape(len(x), -1), []
+    for ph in range(eb.n_phases):
+        p = eb.phase_params(out, np.where(eb.phase < ph, xf, 0).astype(np.uint8), ph)
+        res += [np.ascontiguousarray(a[:, eb.phase == ph]) for a in (p if isinstance(p, tuple) else (p,))]
+    return tuple(res)
 
 
 # ----------------------------------------------------------------------------- tables
@@ -81,6 +113,27 @@ def test_exact_outputs_are_close_to_float(models, sample_images):
     assert np.abs(p_exact - p_float).max() < 1e-3
 
 
+@pytest.mark.parametrize("name", ["ctxbin", "ctx8"])
+def test_exact_context_outputs_are_close_to_float(models, sample_images, name):
+    """Context models: each phase's parameters on its own pixels match the float32 model's."""
+    _, model, _ = models[name]
+    x = binary(sample_images[:16]) if is_binary_model(name) else sample_images[:16]
+    eb, fb = ExactBackend(model, 8), FloatBackend(model, 8)
+    z = eb.posterior_probs(x).argmax(-1)
+    oe, of = eb.decoder_out(z), fb.decoder_out(z)
+    xf = x.reshape(len(x), -1)
+    base = fb.phase_params(of, np.zeros_like(xf), 0)
+    for ph in range(4):
+        sel, xv = eb.phase == ph, np.where(eb.phase < ph, xf, 0).astype(np.uint8)
+        pe, pf = eb.phase_params(oe, xv, ph), fb.phase_params(of, xv, ph)
+        pe, pf, b0 = ((p if isinstance(p, tuple) else (p,)) for p in (pe, pf, base))
+        for a, b, c in zip(pe, pf, b0):
+            scale = 1.0 if is_binary_model(name) else 255.0     # Gaussian mean/std in pixel units
+            assert np.abs(a[:, sel] - b[:, sel]).max() < 1e-3 * scale
+            if ph:
+                assert np.abs(b[:, sel] - c[:, sel]).max() > 1e-2   # the context does matter
+
+
 def test_exact_networks_are_a_function_of_the_weights(models):
     _, model, _ = models["8bit"]
     a, b = ExactNetworks(model), ExactNetworks(model)
@@ -91,12 +144,12 @@ def test_exact_networks_are_a_function_of_the_weights(models):
 # ----------------------------------------------------------------------------- batch composition
 
 
-@pytest.mark.parametrize("name", ["bin", "8bit", "mix"])
+@pytest.mark.parametrize("name", ["bin", "8bit", "mix", "ctxbin", "ctx8"])
 def test_batch_composition_cannot_change_exact_outputs(models, sample_images, name):
     from bbans_vae.coding import single_thread
     _, model, _ = models[name]
-    n = 13 if name == "mix" else 29
-    x = binary(sample_images[:n]) if name == "bin" else sample_images[:n]
+    n = 13 if name in ("mix", "ctx8", "ctxbin") else 29
+    x = binary(sample_images[:n]) if is_binary_model(name) else sample_images[:n]
     full = ExactBackend(model, 8)
     with single_thread():        # speed only: thread counts are covered by the subprocess tests
         _check_batch_composition(full, model, x)
@@ -105,13 +158,19 @@ def test_batch_composition_cannot_change_exact_outputs(models, sample_images, na
 def _check_batch_composition(full, model, x):
     probs = full.posterior_probs(x)
     z = probs.argmax(-1)
-    params = full.pixel_params(z)
+    params = probe_params(full, z, x)
     for k in (1, 5):
         split = ExactBackend(model, 8, batch_split=k)
         assert digest(split.posterior_probs(x)) == digest(probs)
-        p = split.pixel_params(z)
-        assert digest(*np.atleast_1d(p) if isinstance(p, tuple) else [p]) == \
-            digest(*np.atleast_1d(params) if isinstance(params, tuple) else [params])
+        assert digest(*probe_params(split, z, x)) == digest(*params)
+    if full.n_phases > 1:   # a phase's pixels alone (the coder's call) = computing every pixel
+        out, xf = full.decoder_out(z), x.reshape(len(x), -1)
+        for ph in range(full.n_phases):
+            xv, sel = np.where(full.phase < ph, xf, 0).astype(np.uint8), full.phase == ph
+            every = full.net.context(out, xv, full.phase < ph)
+            only = full.net.context(out, xv, full.phase < ph, sel)
+            k = model.likelihood.params_per_pixel
+            assert digest(every.reshape(len(x), -1, k)[:, sel]) == digest(only.reshape(len(x), -1, k)[:, sel])
     # one image alone, reversed order
     assert digest(full.posterior_probs(x[::-1])[::-1]) == digest(probs)
     assert digest(full.posterior_probs(x[3:4])) == digest(probs[3:4])
@@ -148,11 +207,12 @@ if args.get("container"):
     np.save(args["pixels_out"], pixels)
     out["decoded"] = True
 x = np.load(args["probe"])
+from tests.test_exact import probe_params
 eb = ExactBackend(model, 8, batch_split=args["batch_split"])
 probs = eb.posterior_probs(x)                     # outside single_thread(): threads in play
-params = eb.pixel_params(probs.argmax(-1))
+params = probe_params(eb, probs.argmax(-1), x)
 h = hashlib.sha256(probs.tobytes())
-for p in (params if isinstance(params, tuple) else (params,)):
+for p in params:
     h.update(np.ascontiguousarray(p).tobytes())
 out["probe_sha"] = h.hexdigest()
 print(json.dumps(out))
@@ -190,16 +250,16 @@ def _run_child(env_over: dict, args: dict) -> dict:
 
 
 @pytest.mark.parametrize("env_name", list(ENVIRONMENTS))
-@pytest.mark.parametrize("name", ["bin", "8bit"])
+@pytest.mark.parametrize("name", ["bin", "8bit", "ctx8"])
 def test_decode_in_another_process_and_environment(models, sample_images, tmp_path, name, env_name):
     """Encode here (the machine's best kernels, default threads, full batches); decode in a
     subprocess with other torch/MKL/numpy kernels, thread counts and sub-batches."""
     path, model, sha = models[name]
-    x = binary(sample_images[:30]) if name == "bin" else sample_images[:12]
+    x = binary(sample_images[:30]) if is_binary_model(name) else sample_images[:12]
     data, rep = compress(model, "m", sha, x, n_chains=4, with_neg_elbo=False, coder_path="exact")
     assert rep["coder_path"] == "exact"
     (tmp_path / "f.vae").write_bytes(data)
-    probe = binary(sample_images[100:164]) if name == "bin" else sample_images[100:164]
+    probe = binary(sample_images[100:164]) if is_binary_model(name) else sample_images[100:164]
     np.save(tmp_path / "probe.npy", probe)
     env, threads, split = ENVIRONMENTS[env_name]
     out = _run_child(env, {"model": str(path), "container": str(tmp_path / "f.vae"), "batch_split": split,
@@ -214,11 +274,11 @@ def test_decode_in_another_process_and_environment(models, sample_images, tmp_pa
         torch.set_num_threads(2)
         eb = ExactBackend(model, 8)
         probs = eb.posterior_probs(probe)
-        params = eb.pixel_params(probs.argmax(-1))
+        params = probe_params(eb, probs.argmax(-1), probe)
     finally:
         torch.set_num_threads(torch_threads)
     h = hashlib.sha256(probs.tobytes())
-    for p in (params if isinstance(params, tuple) else (params,)):
+    for p in params:
         h.update(np.ascontiguousarray(p).tobytes())
     assert out["probe_sha"] == h.hexdigest()
 
@@ -259,8 +319,9 @@ def test_logistic_mixture_and_saturating_inputs_roundtrip(models, sample_images)
     assert np.array_equal(x, y)
 
 
-def test_exact_rate_is_close_to_float(models, sample_images):
-    _, model, sha = models["8bit"]
+@pytest.mark.parametrize("name", ["8bit", "ctx8"])
+def test_exact_rate_is_close_to_float(models, sample_images, name):
+    _, model, sha = models[name]
     x = sample_images[:60]
     sizes = {p: len(compress(model, "m", sha, x, n_chains=2, with_neg_elbo=False, coder_path=p)[0])
              for p in ("float32", "exact")}
