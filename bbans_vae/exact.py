@@ -325,9 +325,8 @@ class _Prepared:
 
     @staticmethod
     def of(lin: torch.nn.Module, weight_bits: int, divide: float = 1.0) -> "_Prepared":
-        """From a Linear, or a Conv2d read as a Linear on its (C_in, kh, kw)-flattened patches."""
-        w = lin.weight.detach().cpu().double().numpy()
-        w = w.reshape(w.shape[0], -1)
+        """From a Linear, or a Conv2d read as a Linear on its im2col patches (`_conv_matrix`)."""
+        w = (_conv_matrix(lin) if isinstance(lin, torch.nn.Conv2d) else lin.weight).detach().cpu().double().numpy()
         if divide != 1.0:
             w = w / divide                                              # correctly rounded
         b = lin.bias.detach().cpu().double().numpy()
@@ -425,19 +424,26 @@ def _calibration_latents(buckets_centers: np.ndarray, n: int, d: int) -> np.ndar
 
 
 def _im2col(a: np.ndarray, k: int, at: np.ndarray | None = None) -> np.ndarray:
-    """(B, H, W, C) -> (B*n, C*k*k) zero-padded k x k patches centred on the n pixels where the
-    (H, W) bool mask `at` is set (all if None), ordered (c, dy, dx) like a flattened Conv2d
-    weight. Only copies values: exact."""
+    """(B, H, W, C) -> (B*n, k*k*C) zero-padded k x k patches centred on the n pixels where the
+    (H, W) bool mask `at` is set (all if None), ordered (dy, dx, c) like `_conv_matrix`'s
+    columns. One gather: only copies values, so exact."""
     B, H, W, C = a.shape
     p = k // 2
-    if k == 1 and at is None:
+    if at is None and p == 0:
         return a.reshape(B * H * W, C)
-    padded = np.pad(a, ((0, 0), (p, p), (p, p), (0, 0))) if p else a
-    win = np.lib.stride_tricks.sliding_window_view(padded, (k, k), axis=(1, 2))   # (B, H, W, C, k, k)
-    if at is not None:
-        ys, xs = np.nonzero(at)
-        win = win[:, ys, xs]                                                       # (B, n, C, k, k)
-    return win.reshape(-1, C * k * k)
+    Hp, Wp = H + 2 * p, W + 2 * p
+    padded = np.zeros((B, Hp * Wp, C))
+    padded.reshape(B, Hp, Wp, C)[:, p:p + H, p:p + W] = a
+    ys, xs = np.nonzero(np.ones((H, W), bool) if at is None else at)
+    d = np.arange(k)
+    idx = ((ys[:, None, None] + d[None, :, None]) * Wp + xs[:, None, None] + d[None, None, :]).reshape(-1)
+    return np.take(padded, idx, axis=1).reshape(B * len(ys), k * k * C)       # take: ~5x faster than []
+
+
+def _conv_matrix(conv: torch.nn.Conv2d) -> torch.Tensor:
+    """(C_out, kh*kw*C_in) weight matrix of a conv, columns ordered (dy, dx, c) as in `_im2col`."""
+    w = conv.weight.detach()
+    return w.permute(0, 2, 3, 1).reshape(w.shape[0], -1)
 
 
 def _dilate(mask: np.ndarray, k: int) -> np.ndarray:
