@@ -39,6 +39,8 @@ def table_entries(model: VAE, n_chains: int, latent_bits: int) -> int:
 # "exact" decodes on any machine; measured on 10k MNIST test images (mlp-bin, mlp-paper, mlp-8bit):
 # rate within +-0.001% of float32 (paired samples), 72-79% of its speed. Refinement needs float32.
 DEFAULT_CODER_PATH = "exact"
+# bundled model `encode` and the demo use per pixel kind: the best-rate portable ones
+DEFAULT_MODELS = {"binary": "mnist-bin-ctx", "8bit": "mnist-ctx"}
 
 
 def default_coder_path(model: VAE, refine_steps: int = 0) -> str:

@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 
 SAMPLES = Path(__file__).resolve().parent.parent / "bbans_vae" / "bundled" / "samples" / "mnist_test_1000.npz"
-DEMO_MODELS = (("mnist-bin", "binary"), ("mnist", "8bit"))
 CLASSICAL = ("gzip", "bz2", "png")
 
 
@@ -24,13 +23,13 @@ def sample_images(limit: int | None = None) -> np.ndarray:
 def run_demo(limit: int | None, chains: int | None, progress_factory) -> list[dict]:
     from bbans_vae.baselines import measure
     from bbans_vae.checkpoint import bundled_models, load_model
-    from bbans_vae.compress import compress, decompress
+    from bbans_vae.compress import DEFAULT_MODELS, compress, decompress
     from bbans_vae.errors import ModelError
 
     images8 = sample_images(limit)
     available = bundled_models()
     rows = []
-    for name, kind in DEMO_MODELS:
+    for kind, name in DEFAULT_MODELS.items():
         if name not in available:
             raise ModelError(f"bundled model {name!r} is missing from this install; reinstall vaecompress")
         model, config, _ = load_model(name)

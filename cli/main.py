@@ -259,8 +259,8 @@ def _load_for_coding(model_ref: str):
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(), metavar="INPUT...")
 @click.option("--output", "-o", required=True, type=click.Path(dir_okay=False), help="The .vae file to write.")
 @click.option("--model", "-m", "model_ref", default=None,
-              help="Bundled model name or checkpoint/run directory. Default: mnist-bin for binary "
-                   "images (values 0/1 or 0/255), mnist for 8-bit.")
+              help="Bundled model name or checkpoint/run directory. Default: mnist-bin-ctx for "
+                   "binary images (values 0/1 or 0/255), mnist-ctx for 8-bit (context models, best rate).")
 @click.option("--chains", type=click.IntRange(1, 4096), default=None,
               help="Independent ANS chains (batch size of the network calls). Default: 1 per 1,000 images, max 32.")
 @click.option("--latent-bits", type=click.IntRange(4, 14), default=8, show_default=True,
@@ -290,7 +290,7 @@ def encode(inputs, output, model_ref, chains, latent_bits, refine_steps, coder_p
     """
     import numpy as np
     from cli.imageio import read_inputs, write_file_atomic
-    from bbans_vae.compress import compress
+    from bbans_vae.compress import DEFAULT_MODELS, compress
 
     out = Path(output)
     if out.exists() and not force:
@@ -298,7 +298,7 @@ def encode(inputs, output, model_ref, chains, latent_bits, refine_steps, coder_p
     images = read_inputs([Path(p) for p in inputs])
     if model_ref is None:
         binary = bool(np.isin(images.pixels, (0, 1)).all() or np.isin(images.pixels, (0, 255)).all())
-        model_ref = "mnist-bin" if binary else "mnist"
+        model_ref = DEFAULT_MODELS["binary" if binary else "8bit"]
     model, config = _load_for_coding(model_ref)
     indexed = all(n == f"{images.names[0].rsplit('_', 1)[0]}_{i:05d}" for i, n in enumerate(images.names))
     stem = images.names[0].rsplit("_", 1)[0] if indexed else None
