@@ -158,9 +158,15 @@ def train(run_dir: Path, args: TrainArgs, device: str = "cpu", meta: dict | None
 
     torch.manual_seed(args.seed)
     model = build_model(cfg).to(device)
+    resume = run_dir / "resume"
+    run_record = json.loads(run_json.read_text())
     if args.init:
         from .checkpoint import load_model
         init_model, init_conf, _ = load_model(args.init, device)
+        if "init_weights_sha256" not in run_record and not (resume / CONFIG).is_file():
+            # pin which weights --init named when the run started (a bundled name can be updated)
+            run_record["init_weights_sha256"] = init_conf["weights_sha256"]
+            write_json_atomic(run_json, run_record)
         if init_model.cfg == cfg:
             model = init_model
         elif replace(init_model.cfg, arch=cfg.arch, context_channels=cfg.context_channels) == cfg:
@@ -172,7 +178,6 @@ def train(run_dir: Path, args: TrainArgs, device: str = "cpu", meta: dict | None
             raise ModelError(f"--init {args.init} has architecture {init_model.cfg}, not {cfg}")
     opt = torch.optim.Adam(trainable(model), lr=args.lr)
     start_epoch = 1
-    resume = run_dir / "resume"
     if (resume / CONFIG).is_file():
         model, rconf = load_checkpoint(resume, device)
         opt = torch.optim.Adam(trainable(model), lr=args.lr)
@@ -184,7 +189,7 @@ def train(run_dir: Path, args: TrainArgs, device: str = "cpu", meta: dict | None
                  "train_subset": {"size": int(len(train_x)), "seed": args.seed,
                                   "full": args.train_size is None},
                  "batch_size": args.batch_size, "lr": args.lr, "objective": args.objective,
-                 "init": args.init}
+                 "init": args.init, "init_weights_sha256": run_record.get("init_weights_sha256")}
     last = None
     n = len(train_x)
     log_path = run_dir / "train_log.jsonl"

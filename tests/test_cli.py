@@ -179,3 +179,18 @@ def test_console_script_prints_no_traceback(tmp_path):
     assert res.stderr.startswith("vaecompress: error:") and "Traceback" not in res.stderr
     help_text = subprocess.run([str(exe), "encode", "--help"], capture_output=True, text=True).stdout
     assert "Examples" in help_text and "metadata" in help_text
+
+
+def test_train_from_init_pins_the_init_weights_and_resumes(tmp_path, tiny_models, real_data_root):
+    """A run started with --init records the sha256 of the weights it started from (a bundled name
+    may be updated later); resuming keeps it, and every checkpoint carries it."""
+    init = tiny_models["bin"]
+    sha = json.loads((Path(init) / "config.json").read_text())["weights_sha256"]
+    args = ["train", "-d", "mnist-bin", "-m", "from-init", "--init", init, "--train-size", "200",
+            "--data-dir", real_data_root, "-o", tmp_path / "r", "-q"]
+    assert run(*args, "-e", "1").exit_code == 0
+    assert json.loads((tmp_path / "r" / "run.json").read_text())["init_weights_sha256"] == sha
+    res = run(*args, "-e", "2")
+    assert res.exit_code == 0, res.output
+    conf = json.loads((tmp_path / "r" / "checkpoints" / "epoch_0002" / "config.json").read_text())
+    assert conf["init_weights_sha256"] == sha and conf["epoch"] == 2

@@ -25,6 +25,9 @@ def main() -> None:
     ap.add_argument("checkpoint")
     ap.add_argument("name")
     ap.add_argument("--note", default=None)
+    ap.add_argument("--init-model", default=None,
+                    help="the checkpoint the run started from, if --init named a bundled model that has "
+                         "been replaced since (default: resolve the run's --init now)")
     args = ap.parse_args()
     src = Path(args.checkpoint)
     config = read_config(src)
@@ -35,7 +38,11 @@ def main() -> None:
         config["train_seconds"] = round(sum(r["seconds"] for r in recs if r["epoch"] <= config["epoch"]), 1)
     if config.get("init"):  # started from another model: record which, and its training time
         from bbans_vae.checkpoint import resolve_model
-        init_conf = read_config(resolve_model(config["init"]))
+        init_conf = read_config(resolve_model(args.init_model or config["init"]))
+        pinned = config.get("init_weights_sha256")
+        if pinned and pinned != init_conf["weights_sha256"]:
+            sys.exit(f"the run started from weights {pinned[:12]}, but {args.init_model or config['init']} is "
+                     f"{init_conf['weights_sha256'][:12]}: pass --init-model with the model it started from")
         config["init_weights_sha256"] = init_conf["weights_sha256"]
         config["init_train_seconds"] = init_conf.get("train_seconds", 0.0) + init_conf.get("init_train_seconds", 0.0)
     res = evaluate(model, config["dataset"], "test")
