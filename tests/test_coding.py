@@ -133,3 +133,22 @@ def test_refinement_lowers_the_elbo_it_optimises(sample_images):
     before = neg_elbo_bits(model, x, n_samples=16, gen=gen()).mean()
     after = neg_elbo_bits(model, x, n_samples=16, gen=gen(), posterior=refine_posterior(model, x, 10)).mean()
     assert after < before
+
+
+@pytest.mark.parametrize("name", ["mnist-bin-ctx", "mnist-ctx", "fashion-mnist-ctx"])
+def test_bundled_context_models_on_the_default_exact_path(bundled, sample_images, name):
+    """The bundled context models through `compress`/`decompress` on their default (exact, portable)
+    path, real images: pixel-exact, and the file within 2% + chain starts of the model's -ELBO."""
+    from bbans_vae.checkpoint import load_model
+    from bbans_vae.compress import compress, decompress
+    from bbans_vae.train import dataset_neg_elbo_bits
+    if name not in bundled:
+        pytest.skip(f"{name} not bundled")
+    model, config, _ = load_model(name)
+    x = binary(sample_images[:200]) if model.cfg.pixel_kind == "binary" else sample_images[:100]
+    data, rep = compress(model, name, config["weights_sha256"], x, n_chains=2, with_neg_elbo=False)
+    assert rep["coder_path"] == "exact"
+    pixels, header, _ = decompress(data, model, config["weights_sha256"])
+    assert header.coder_path == "exact" and np.array_equal(pixels, x)
+    nelbo = dataset_neg_elbo_bits(model, x, n_samples=8).sum()
+    assert abs(rep["payload_bits"] - rep["initial_bits"] - nelbo) < 0.02 * nelbo, (rep, nelbo)
