@@ -327,28 +327,23 @@ def run_bench(datasets: Sequence[str] = DATASETS, models: Sequence[str] | None =
             def nelbo(d=d, m=m):
                 state["nelbo"][(d, m.name)] = dataset_neg_elbo_bits(m.model, state["images"][d])
             add(f"{d}: {m.name} -ELBO", nelbo)
-            for proto in BBANS_PROTOCOLS:
-                def code(d=d, m=m, proto=proto):
+            # the plain protocols, then `all` once per refinement setting
+            runs = [(p, 0) for p in BBANS_PROTOCOLS] + [(refine_protocol(k), k) for k in refine_steps]
+            for proto, n_refine in runs:
+                def code(d=d, m=m, proto=proto, n_refine=n_refine):
                     x = state["images"][d]
                     nb = state["nelbo"][(d, m.name)]
-                    if proto == "all":
-                        row = _code_files(m, x, nb, proto, len(x), None, latent_bits)
-                    elif proto == "chunks100":
+                    if proto == "chunks100":
                         row = _code_files(m, x, nb, proto, CHUNK_IMAGES, 1, latent_bits)
-                    else:
+                    elif proto == "single":
                         k = min(single_images, len(x))
                         row = _code_files(m, x[:k], nb, proto, 1, 1, latent_bits)
                         if k < len(x):
                             row["subset"] = f"first {k} images"
+                    else:                                              # all, all+refineK
+                        row = _code_files(m, x, nb, proto, len(x), None, latent_bits, refine_steps=n_refine)
                     result_ds[d]["rows"].append(row)
                 add(f"{d}: {m.name} BB-ANS {proto}", code)
-            for k in refine_steps:
-                def code_refined(d=d, m=m, k=k):
-                    x = state["images"][d]
-                    row = _code_files(m, x, state["nelbo"][(d, m.name)], refine_protocol(k), len(x), None,
-                                      latent_bits, refine_steps=k)
-                    result_ds[d]["rows"].append(row)
-                add(f"{d}: {m.name} BB-ANS {refine_protocol(k)}", code_refined)
 
     # speed sweep
     sweep_pick = _pick_sweep(loaded, specs, sweep_model)

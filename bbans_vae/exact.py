@@ -62,6 +62,7 @@ import hashlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -279,7 +280,10 @@ class QLayer:
         return acc
 
     def hidden(self, a: np.ndarray) -> np.ndarray:
-        acc = self.accumulate(a)
+        return self.requantize(self.accumulate(a))
+
+    def requantize(self, acc: np.ndarray) -> np.ndarray:
+        """ReLU, then the next layer's activation integers (in place on acc)."""
         np.maximum(acc, 0.0, out=acc)                                   # ReLU
         acc *= self.mult
         acc += 0.5
@@ -322,7 +326,6 @@ class _Prepared:
     b: np.ndarray              # (out,)
     row_exp: np.ndarray        # (out,) max|w_row| * 2^row_exp <= 2^weight_bits
     l1_exp: int                # every row: sum |w_int| < 2^l1_exp
-    weight_bits: int = WEIGHT_BITS
 
     @staticmethod
     def of(lin: torch.nn.Module, weight_bits: int, divide: float = 1.0) -> "_Prepared":
@@ -335,7 +338,7 @@ class _Prepared:
         w_int = _round(np.ldexp(w, row_exp[:, None].astype(np.int32)))
         # integers < 2^(weight_bits + 1) summed over < 2^20 terms: exact in any order
         l1 = float(np.abs(w_int).sum(1).max()) + 1.0
-        return _Prepared(w, b, row_exp, int(_exponent(np.float64(l1))), weight_bits)
+        return _Prepared(w, b, row_exp, int(_exponent(np.float64(l1))))
 
     def input_bits(self) -> int:
         """Input activation bits that keep every partial sum of products below 2^ACC_BITS."""
@@ -353,28 +356,38 @@ class _Prepared:
         b_int = np.clip(b_int, -2.0 ** ACC_BITS, 2.0 ** ACC_BITS)
         return QLayer(torch.from_numpy(np.ascontiguousarray(w_int.T)), b_int, acc_exp, in_bits)
 
-    def _split_ints(self, lo_bits: int):
+    def split(self, lo_bits: int) -> "_PreparedSplit":
+        """The weights at 2^lo_bits finer row scales, as integer hi and lo parts (QSplitLayer)."""
         row_exp = self.row_exp + lo_bits
         w_int = _round(np.ldexp(self.w, row_exp[:, None].astype(np.int32)))
         w_hi = np.floor(np.ldexp(w_int, -lo_bits))                     # exact: power-of-two scaling
         w_lo = w_int - np.ldexp(w_hi, lo_bits)                          # in [0, 2^lo_bits), exact
-        return w_hi, w_lo, row_exp
-
-    def split_input_bits(self, lo_bits: int) -> int:
-        """input_bits for quantize_split: both GEMMs' partial sums stay below 2^ACC_BITS."""
-        w_hi, w_lo, _ = self._split_ints(lo_bits)
         l1 = max(float(np.abs(w_hi).sum(1).max()), float(w_lo.sum(1).max())) + 1.0
-        return ACC_BITS - int(_exponent(np.float64(l1)))
+        return _PreparedSplit(w_hi, w_lo, row_exp, self.b, lo_bits, int(_exponent(np.float64(l1))))
 
-    def quantize_split(self, in_exp: int, in_bits: int, lo_bits: int) -> QSplitLayer:
-        """Weights at row scale 2^(row_exp + lo_bits), split into hi and lo integer parts."""
-        if in_bits > self.split_input_bits(lo_bits):
+
+@dataclass
+class _PreparedSplit:
+    """A layer's split integer weights (`_Prepared.split`); the same interface as _Prepared."""
+
+    w_hi: np.ndarray           # (out, in) integer-valued
+    w_lo: np.ndarray           # (out, in) integer-valued, in [0, 2^lo_bits)
+    row_exp: np.ndarray        # (out,) w ~ (w_hi * 2^lo_bits + w_lo) * 2^-row_exp
+    b: np.ndarray              # (out,) float64
+    lo_bits: int
+    l1_exp: int                # every row of w_hi and of w_lo: sum |w| < 2^l1_exp
+
+    def input_bits(self) -> int:
+        """Input activation bits that keep both GEMMs' partial sums below 2^ACC_BITS."""
+        return ACC_BITS - self.l1_exp
+
+    def quantize(self, in_exp: int, in_bits: int) -> QSplitLayer:
+        if in_bits > self.input_bits():
             raise ModelError("exact coder path: accumulator range exceeded (internal)")
-        w_hi, w_lo, row_exp = self._split_ints(lo_bits)
-        acc_exp = row_exp + in_exp
+        acc_exp = self.row_exp + in_exp
         b = np.ldexp(self.b, acc_exp.astype(np.int32))                  # exact, no rounding
-        return QSplitLayer(torch.from_numpy(np.ascontiguousarray(w_hi.T)), b, acc_exp, in_bits,
-                           w_lo_t=torch.from_numpy(np.ascontiguousarray(w_lo.T)), lo_bits=lo_bits)
+        return QSplitLayer(torch.from_numpy(np.ascontiguousarray(self.w_hi.T)), b, acc_exp, in_bits,
+                           w_lo_t=torch.from_numpy(np.ascontiguousarray(self.w_lo.T)), lo_bits=self.lo_bits)
 
 
 def _linears(seq: torch.nn.Sequential) -> list[torch.nn.Linear]:
@@ -385,27 +398,36 @@ def _linears(seq: torch.nn.Sequential) -> list[torch.nn.Linear]:
     return layers
 
 
+def _calibrate(prepared: list, in_exp: int, in_bits: int, chunks: list[np.ndarray],
+               patches: Callable[[int, np.ndarray], np.ndarray] = lambda i, a: a) -> list[QLayer]:
+    """Quantise `prepared` (_Prepared or _PreparedSplit) layer by layer. Each hidden layer's output
+    scale is the calibration maximum of its exact accumulators + HEADROOM_BITS, over the
+    activation `chunks` (any shape, channels last); patches(i, a) is layer i's input matrix for a
+    chunk (identity for an MLP, im2col for a conv)."""
+    layers: list[QLayer] = []
+    for i, prep in enumerate(prepared):
+        q = prep.quantize(in_exp, in_bits)
+        layers.append(q)
+        if i == len(prepared) - 1:
+            break
+        accs = [q.accumulate(patches(i, a)) for a in chunks]
+        real_max = max((float((np.maximum(acc, 0.0) * _pow2(-q.acc_exp)).max()) for acc in accs if len(acc)),
+                       default=0.0)
+        in_bits = prepared[i + 1].input_bits()
+        if in_bits < 12:
+            raise ModelError("a layer is too wide for the exact coder path")
+        in_exp = int(in_bits - HEADROOM_BITS - _exponent(np.float64(real_max)))
+        q.mult = _pow2(in_exp - q.acc_exp)
+        q.clip = float(2.0 ** in_bits - 1)
+        chunks = [q.requantize(acc).reshape(*a.shape[:-1], -1) for a, acc in zip(chunks, accs)]
+    return layers
+
+
 class QNet:
     """A quantised MLP: integer inputs (scale 2^-in_exp) -> ... -> exact float64 outputs."""
 
     def __init__(self, prepared: list[_Prepared], in_exp: int, in_bits: int, calibration: np.ndarray):
-        self.layers: list[QLayer] = []
-        a = calibration
-        for i, prep in enumerate(prepared):
-            q = prep.quantize(in_exp, in_bits)
-            self.layers.append(q)
-            if i == len(prepared) - 1:
-                break
-            # the next activation scale: calibration maximum (exact accumulators) + headroom
-            acc = q.accumulate(a)
-            real_max = float((np.maximum(acc, 0.0) * _pow2(-q.acc_exp)).max()) if len(acc) else 0.0
-            in_bits = prepared[i + 1].input_bits()
-            if in_bits < 12:
-                raise ModelError("a layer is too wide for the exact coder path")
-            in_exp = int(in_bits - HEADROOM_BITS - _exponent(np.float64(real_max)))
-            q.mult = _pow2(in_exp - q.acc_exp)
-            q.clip = float(2.0 ** in_bits - 1)
-            a = q.hidden(a)
+        self.layers = _calibrate(prepared, in_exp, in_bits, [calibration])
 
     def __call__(self, a: np.ndarray) -> np.ndarray:
         for q in self.layers[:-1]:
@@ -479,9 +501,8 @@ class QContext:
             raise ModelError("the exact coder path supports context nets of same-padded odd square "
                              "convolutions with ReLU")
         self.ksize = [c.kernel_size[0] for c in convs]
-        prepared = [_Prepared.of(c, WEIGHT_BITS) for c in convs]
-        bits = [p.split_input_bits(LO_WEIGHT_BITS) for p in prepared]
-        in_bits = min(bits[0], 30)
+        prepared = [_Prepared.of(c, WEIGHT_BITS).split(LO_WEIGHT_BITS) for c in convs]
+        in_bits = min(prepared[0].input_bits(), 30)
         if in_bits < 12:
             raise ModelError("the context net's first layer is too wide for the exact coder path")
         real_max = max(float(np.abs(out_cal).max()) if out_cal.size else 0.0, 1.0)
@@ -493,22 +514,7 @@ class QContext:
         self.one = float(2.0 ** self.in_exp)
         chunks = [self._input(out_cal[i:i + 16], x_cal[i:i + 16], self.phase[None, :] < phases_cal[i:i + 16, None])
                   for i in range(0, len(out_cal), 16)]
-        self.layers: list[QLayer] = []
-        in_exp = self.in_exp
-        for i, prep in enumerate(prepared):
-            q = prep.quantize_split(in_exp, in_bits, LO_WEIGHT_BITS)
-            self.layers.append(q)
-            if i == len(prepared) - 1:
-                break
-            cols = [_im2col(a, self.ksize[i]) for a in chunks]
-            real_max = max(float((np.maximum(q.accumulate(c), 0.0) * _pow2(-q.acc_exp)).max()) for c in cols)
-            in_bits = bits[i + 1]
-            if in_bits < 12:
-                raise ModelError("a context layer is too wide for the exact coder path")
-            in_exp = int(in_bits - HEADROOM_BITS - _exponent(np.float64(real_max)))
-            q.mult = _pow2(in_exp - q.acc_exp)
-            q.clip = float(2.0 ** in_bits - 1)
-            chunks = [q.hidden(c).reshape(*a.shape[:3], -1) for a, c in zip(chunks, cols)]
+        self.layers = _calibrate(prepared, self.in_exp, in_bits, chunks, lambda i, a: _im2col(a, self.ksize[i]))
 
     def _input(self, out: np.ndarray, x: np.ndarray, vis: np.ndarray) -> np.ndarray:
         """(B, H, W, k + 2) integer input: h, visible pixels, mask; vis (B or 1, P) bool."""

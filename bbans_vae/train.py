@@ -12,7 +12,6 @@ The fixed training subset (`train_size`) is `RandomState(seed).permutation(n)[:t
 """
 from __future__ import annotations
 
-
 import json
 import math
 import time
@@ -134,9 +133,10 @@ def train(run_dir: Path, args: TrainArgs, device: str = "cpu", meta: dict | None
                                        f"not {asdict(args).get(key)!r}; use a new --out directory")
         saved["epochs"] = args.epochs
         saved["save_every"] = args.save_every
-        write_json_atomic(run_json, saved)
+        run_record = saved
     else:
-        write_json_atomic(run_json, {**asdict(args), **(meta or {})})
+        run_record = {**asdict(args), **(meta or {})}
+    write_json_atomic(run_json, run_record)
 
     spec = dataset_spec(args.dataset)
     cfg = ModelConfig.from_dict(args.model)
@@ -159,7 +159,6 @@ def train(run_dir: Path, args: TrainArgs, device: str = "cpu", meta: dict | None
     torch.manual_seed(args.seed)
     model = build_model(cfg).to(device)
     resume = run_dir / "resume"
-    run_record = json.loads(run_json.read_text())
     if args.init:
         from .checkpoint import load_model
         init_model, init_conf, _ = load_model(args.init, device)
