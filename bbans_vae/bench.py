@@ -34,12 +34,12 @@ import torch
 
 from . import baselines
 from .checkpoint import bundled_models, load_model
-from .coding import DEFAULT_LATENT_BITS, ChainLayout, single_thread
-from .compress import compress, decompress, default_chains
+from .ans.chains import DEFAULT_LATENT_BITS, ChainLayout, single_thread
+from .pipeline import compress, decompress, default_chains
 from .data import dataset_spec, load_dataset
 from .errors import VaeCompressError
 from .models import VAE, count_parameters
-from .train import dataset_neg_elbo_bits
+from .objectives import dataset_neg_elbo_bits
 
 __all__ = ["DATASETS", "QUICK", "PROTOCOLS", "run_bench", "write_results", "format_headline",
            "quick_settings"]
@@ -76,7 +76,7 @@ def refine_protocol(steps: int) -> str:
 
 def refine_protocol_text(steps: int) -> str:
     return (f"BB-ANS `all` with {steps} Adam steps of transmit-free posterior refinement per image before "
-            "its latent is coded (refine.py; the decoder repeats them; float32 coder path, so the file "
+            "its latent is coded (ans/refine.py; the decoder repeats them; float32 coder path, so the file "
             "decodes on the encoding machine configuration only)")
 
 

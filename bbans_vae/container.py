@@ -11,7 +11,7 @@ Layout (version 1; integers are unsigned LEB128 varints unless a width is given)
       engine         str       e.g. "constriction 0.5.0" (24-bit probabilities, 32-bit words)
       torch          str       torch version of the encoder (informational)
       coder_path     u8        0 = float32 network inference on this machine's kernels,
-                               1 = exact (integer networks + bundled tables, bbans_vae/exact.py)
+                               1 = exact (integer networks + bundled tables, bbans_vae/exact/)
       pixel_kind     u8        0 = binary, 1 = 8-bit
       binary_scale   u8        value that stood for a 1 in the input: 1 or 255 (0 for 8-bit)
       height, width  varint
@@ -34,7 +34,7 @@ from __future__ import annotations
 import hashlib
 import struct
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 

@@ -67,10 +67,13 @@ __all__ = [
     "load_labels",
     "read_idx",
     "resolve_data_root",
+    "sample_images",
 ]
 
 ENV_DATA_DIR = "VAECOMPRESS_DATA"
 DEFAULT_DATA_ROOT = pathlib.Path("~/.cache/vaecompress/data")
+# the first 1,000 MNIST test images, bundled (see its README): always available
+SAMPLES = pathlib.Path(__file__).resolve().parent / "bundled" / "samples" / "mnist_test_1000.npz"
 
 # Largest IDX payload `read_idx` accepts (bytes); larger headers are refused unread.
 MAX_IDX_PAYLOAD_BYTES = 2**31
@@ -601,3 +604,10 @@ def _download_file(df: DataFile, path: pathlib.Path, timeout: float) -> None:
         f"could not download {path.name} to {path} ({'; '.join(errors)}); without network, "
         "copy the file there by hand or set --data-dir/$VAECOMPRESS_DATA"
     )
+
+
+def sample_images(limit: int | None = None) -> np.ndarray:
+    """The bundled MNIST test images, uint8 (N, 28, 28) 0..255, the first `limit` of 1,000."""
+    with np.load(SAMPLES, allow_pickle=False) as f:
+        images = f["images"]
+    return images[:limit] if limit else images

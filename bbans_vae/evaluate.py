@@ -1,13 +1,10 @@
 """Evaluating a model on a dataset split: -ELBO and IWAE in bits per dimension."""
 from __future__ import annotations
 
-import numpy as np
-import torch
-
 from .data import dataset_spec, load_dataset
 from .errors import ModelError
-from .models import VAE, iwae_bits
-from .train import dataset_neg_elbo_bits
+from .models import VAE
+from .objectives import dataset_iwae_bits, dataset_neg_elbo_bits
 
 
 def check_compatible(model: VAE, dataset: str) -> None:
@@ -15,14 +12,6 @@ def check_compatible(model: VAE, dataset: str) -> None:
     if spec.pixel_kind != model.cfg.pixel_kind or tuple(spec.image_shape) != tuple(model.cfg.image_shape):
         raise ModelError(f"model codes {model.cfg.pixel_kind} {model.cfg.image_shape} images; dataset "
                          f"{dataset} is {spec.pixel_kind} {tuple(spec.image_shape)}")
-
-
-@torch.no_grad()
-def dataset_iwae_bits(model: VAE, images: np.ndarray, k: int, seed: int = 0, batch_size: int = 100) -> np.ndarray:
-    gen = torch.Generator().manual_seed(seed)
-    model.eval()
-    return np.concatenate([iwae_bits(model, torch.from_numpy(images[i:i + batch_size]), k, gen).numpy()
-                           for i in range(0, len(images), batch_size)])
 
 
 def evaluate(model: VAE, dataset: str, split: str = "test", data_dir=None, limit: int | None = None,

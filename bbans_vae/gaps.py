@@ -50,10 +50,11 @@ import numpy as np
 import torch
 
 from .checkpoint import CONFIG, load_checkpoint, read_config, write_json_atomic
-from .coding import DEFAULT_LATENT_BITS, encode_images
+from .ans.chains import DEFAULT_LATENT_BITS, encode_images
 from .data import load_dataset
 from .errors import ModelError, VaeCompressError
-from .models import VAE, iwae_bits, neg_elbo_bits, preset_config
+from .models import VAE, preset_config
+from .objectives import iwae_bits, neg_elbo_bits
 from .train import TrainArgs, train, train_subset_indices
 
 FORMAT = "vaecompress-gaps/1"

@@ -26,7 +26,8 @@ from safetensors.torch import load_file
 from .checkpoint import (CONFIG, load_checkpoint, save_checkpoint, save_tensors_atomic, write_json_atomic)
 from .data import dataset_spec, load_dataset
 from .errors import ModelError, VaeCompressError
-from .models import VAE, ModelConfig, build_model, neg_elbo_bits
+from .models import VAE, ModelConfig, build_model
+from .objectives import dataset_neg_elbo_bits, neg_elbo_bits, reverse_half_asleep_objective
 
 
 @dataclass
@@ -53,7 +54,6 @@ OBJECTIVES = {
 
 
 def _loss_fn(objective: str):
-    from .refine import reverse_half_asleep_objective
     if objective in ("elbo", "encoder-elbo"):
         return lambda model, x, gen: neg_elbo_bits(model, x, gen=gen).mean()
     if objective == "reverse-half-asleep":
@@ -74,19 +74,6 @@ def train_subset_indices(n_total: int, train_size: int | None, seed: int) -> np.
 def load_train_images(args: TrainArgs) -> np.ndarray:
     images = load_dataset(args.dataset, "train", args.data_dir)
     return images[train_subset_indices(len(images), args.train_size, args.seed)]
-
-
-@torch.no_grad()
-def dataset_neg_elbo_bits(model: VAE, images: np.ndarray, batch_size: int = 1000, seed: int = 0,
-                          n_samples: int = 1, device: str = "cpu") -> np.ndarray:
-    """Per-image -ELBO in bits over an (N, H, W) uint8 array (seeded MC for the reconstruction)."""
-    gen = torch.Generator(device=device).manual_seed(seed)
-    out = []
-    model.eval()
-    for i in range(0, len(images), batch_size):
-        x = torch.from_numpy(images[i:i + batch_size]).to(device)
-        out.append(neg_elbo_bits(model, x, n_samples=n_samples, gen=gen).cpu().numpy())
-    return np.concatenate(out) if out else np.zeros(0)
 
 
 def _adam_state_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:

@@ -28,15 +28,15 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bbans_vae.checkpoint import load_model  # noqa: E402
-from bbans_vae.compress import compress, decompress  # noqa: E402
+from bbans_vae.pipeline import compress, decompress  # noqa: E402
 from bbans_vae.data import load_dataset  # noqa: E402
 from bbans_vae.gaps import elbo_bits, refit_encoder  # noqa: E402
-from bbans_vae.refine import DEFAULT_REFINE_LR, refine_posterior  # noqa: E402
+from bbans_vae.ans.refine import DEFAULT_REFINE_LR, refine_posterior  # noqa: E402
 
 
 def rha_encoder(model_ref: str, dataset: str, epochs: int, runs: Path, objective: str) -> tuple[str, str]:
     out = runs / f"{model_ref}-{objective}-{epochs}"
-    cmd = [sys.executable, "-m", "cli.main", "train", "-d", dataset, "-m", "from-init", "--init", model_ref,
+    cmd = [sys.executable, "-m", "vaecompress_cli.main", "train", "-d", dataset, "-m", "from-init", "--init", model_ref,
            "--encoder-objective", objective, "-e", str(epochs), "-o", str(out), "-q"]
     if not (out / "checkpoints" / f"epoch_{epochs:04d}").is_dir():
         subprocess.run(cmd, check=True, cwd=ROOT)

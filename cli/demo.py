@@ -6,24 +6,17 @@ Compresses the bundled 1,000 MNIST test images with each bundled default model (
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
-SAMPLES = Path(__file__).resolve().parent.parent / "bbans_vae" / "bundled" / "samples" / "mnist_test_1000.npz"
+from bbans_vae.data import sample_images
+
 CLASSICAL = ("gzip", "bz2", "png")
-
-
-def sample_images(limit: int | None = None) -> np.ndarray:
-    with np.load(SAMPLES, allow_pickle=False) as f:
-        images = f["images"]
-    return images[:limit] if limit else images
 
 
 def run_demo(limit: int | None, chains: int | None, progress_factory) -> list[dict]:
     from bbans_vae.baselines import measure
     from bbans_vae.checkpoint import bundled_models, load_model
-    from bbans_vae.compress import DEFAULT_MODELS, compress, decompress
+    from bbans_vae.pipeline import DEFAULT_MODELS, compress, decompress
     from bbans_vae.errors import ModelError
 
     images8 = sample_images(limit)

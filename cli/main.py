@@ -1,7 +1,6 @@
 """The `vaecompress` command line: parse, call the library, print. Nothing clever lives here."""
 from __future__ import annotations
 
-import functools
 import json
 import os
 import shlex
@@ -133,7 +132,6 @@ def train(dataset, arch, epochs, run_dir, batch_size, lr, seed, train_size, save
     spec = dataset_spec(dataset)
     if init_ref is not None and arch == "from-init":
         from bbans_vae.checkpoint import load_model
-        from bbans_vae.models import ModelConfig
         cfg = load_model(init_ref)[0].cfg
     else:
         cfg = preset_config(arch)
@@ -289,8 +287,8 @@ def encode(inputs, output, model_ref, chains, latent_bits, refine_steps, coder_p
       vaecompress encode t10k-images-idx3-ubyte.gz -o mnist-test.vae --model mnist --json
     """
     import numpy as np
-    from cli.imageio import read_inputs, write_file_atomic
-    from bbans_vae.compress import DEFAULT_MODELS, compress
+    from .io import read_inputs, write_file_atomic
+    from bbans_vae.pipeline import DEFAULT_MODELS, compress
 
     out = Path(output)
     if out.exists() and not force:
@@ -342,8 +340,8 @@ def decode(input_file, output, fmt, model_ref, force, as_json, quiet):
       vaecompress decode digits.vae -o restored/
       vaecompress decode mnist-test.vae -o out/ --format npy
     """
-    from cli.imageio import write_outputs
-    from bbans_vae.compress import decompress, read_header
+    from .io import write_outputs
+    from bbans_vae.pipeline import decompress, read_header
 
     out = Path(output)
     if out.exists() and not force:
@@ -380,7 +378,7 @@ def info(input_file, as_json):
     Example:
       vaecompress info digits.vae --json
     """
-    from bbans_vae.compress import read_header
+    from bbans_vae.pipeline import read_header
     data = _read_container_bytes(Path(input_file))
     h, chains = read_header(data)
     dims = h.n_images * h.height * h.width
@@ -414,7 +412,7 @@ def demo(limit, chains, as_json, quiet):
 
     Needs no dataset and no arguments. `make demo` runs this.
     """
-    from cli.demo import format_rows, run_demo
+    from .demo import format_rows, run_demo
     rows = run_demo(limit, chains, lambda n, d: progress_bar(n, d, quiet))
     if as_json:
         echo_json(rows)

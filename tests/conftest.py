@@ -30,7 +30,7 @@ def real_data_root() -> Path:
 @pytest.fixture(scope="session")
 def sample_images() -> np.ndarray:
     """The bundled 1,000 MNIST test images (8-bit); always available."""
-    from cli.demo import sample_images as load
+    from bbans_vae.data import sample_images as load
     return load()
 
 

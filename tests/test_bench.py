@@ -8,7 +8,7 @@ from click.testing import CliRunner
 
 from bbans_vae.bench import BBANS_PROTOCOLS, format_headline, run_bench, write_results
 from bbans_vae.checkpoint import save_checkpoint
-from cli.main import main
+from vaecompress_cli.main import main
 from tests.conftest import random_model
 
 N = 120          # two chunks100 files (100 + 20)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +12,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from bbans_vae.checkpoint import save_checkpoint
-from cli.main import main
+from vaecompress_cli.main import main
 from tests.conftest import random_model
 
 
@@ -112,7 +111,7 @@ def test_corrupt_files_fail_cleanly(encoded, tiny_models, tmp_path, mutate, frag
 
 def test_every_single_bit_flip_in_header_is_caught(encoded, tiny_models, tmp_path):
     data = encoded.read_bytes()
-    from bbans_vae.compress import decompress
+    from bbans_vae.pipeline import decompress
     from bbans_vae.checkpoint import load_model
     from bbans_vae.errors import VaeCompressError
     model, config, _ = load_model(str(tiny_models["bin"]))

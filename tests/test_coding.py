@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bbans_vae.coding import decode_images, encode_images
-from bbans_vae.codec import AnsCoder, Bernoulli, Categorical, Uniform, LatentBuckets
+from bbans_vae.ans.chains import decode_images, encode_images
+from bbans_vae.ans.codecs import AnsCoder, Bernoulli, Categorical, Uniform, LatentBuckets
 from tests.conftest import random_model
 
 
@@ -97,7 +97,7 @@ def test_bundled_models_roundtrip_and_rate(bundled, sample_images, name):
     latent discretisation and Monte Carlo noise: within 2% of the model's -ELBO.
     """
     from bbans_vae.checkpoint import load_model
-    from bbans_vae.train import dataset_neg_elbo_bits
+    from bbans_vae.objectives import dataset_neg_elbo_bits
     if name not in bundled:
         pytest.skip(f"{name} not bundled")
     model, _, _ = load_model(name)
@@ -113,7 +113,7 @@ def test_bundled_models_roundtrip_and_rate(bundled, sample_images, name):
 @pytest.mark.parametrize("steps", [1, 5, 10])
 def test_refinement_roundtrip(sample_images, steps):
     """Transmit-free refinement: the decoder repeats the encoder's K steps exactly."""
-    from bbans_vae.refine import RefineBackend
+    from bbans_vae.ans.refine import RefineBackend
     model = random_model("mlp-bbans-bin", hidden=(64,), latent_dim=8)
     x = binary(sample_images[:24])
     backend = RefineBackend(model, 8, steps)
@@ -125,8 +125,8 @@ def test_refinement_roundtrip(sample_images, steps):
 
 def test_refinement_lowers_the_elbo_it_optimises(sample_images):
     import torch
-    from bbans_vae.models import neg_elbo_bits
-    from bbans_vae.refine import refine_posterior
+    from bbans_vae.objectives import neg_elbo_bits
+    from bbans_vae.ans.refine import refine_posterior
     model = random_model("mlp-bbans-bin", hidden=(64,), latent_dim=8)
     x = torch.from_numpy(binary(sample_images[:50]))
     gen = lambda: torch.Generator().manual_seed(1)
@@ -140,8 +140,8 @@ def test_bundled_context_models_on_the_default_exact_path(bundled, sample_images
     """The bundled context models through `compress`/`decompress` on their default (exact, portable)
     path, real images: pixel-exact, and the file within 2% + chain starts of the model's -ELBO."""
     from bbans_vae.checkpoint import load_model
-    from bbans_vae.compress import compress, decompress
-    from bbans_vae.train import dataset_neg_elbo_bits
+    from bbans_vae.pipeline import compress, decompress
+    from bbans_vae.objectives import dataset_neg_elbo_bits
     if name not in bundled:
         pytest.skip(f"{name} not bundled")
     model, config, _ = load_model(name)

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from bbans_vae.coding import decode_images, encode_images
-from bbans_vae.compress import compress, decompress, default_coder_path
-from bbans_vae.errors import InputError
-from bbans_vae.models import checkerboard_phases, neg_elbo_bits
+from bbans_vae.ans.chains import decode_images, encode_images
+from bbans_vae.pipeline import compress, decompress, default_coder_path
+from bbans_vae.models import checkerboard_phases
+from bbans_vae.objectives import neg_elbo_bits
 from tests.conftest import random_model
 
 

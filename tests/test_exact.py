@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from bbans_vae.checkpoint import load_model, save_checkpoint
-from bbans_vae.coding import FloatBackend, decode_images, encode_images
-from bbans_vae.compress import compress, decompress
-from bbans_vae.errors import ContainerError, InputError, VaeCompressError
+from bbans_vae.ans.chains import FloatBackend, decode_images, encode_images
+from bbans_vae.pipeline import compress, decompress
+from bbans_vae.errors import InputError
 from bbans_vae.exact import (TABLE_SPECS, ExactBackend, ExactNetworks, load_table, table_value)
 from bbans_vae.models import build_model, preset_config
 from tests.conftest import random_model
@@ -146,7 +146,7 @@ def test_exact_networks_are_a_function_of_the_weights(models):
 
 @pytest.mark.parametrize("name", ["bin", "8bit", "mix", "ctxbin", "ctx8"])
 def test_batch_composition_cannot_change_exact_outputs(models, sample_images, name):
-    from bbans_vae.coding import single_thread
+    from bbans_vae.ans.chains import single_thread
     _, model, _ = models[name]
     n = 13 if name in ("mix", "ctx8", "ctxbin") else 29
     x = binary(sample_images[:n]) if is_binary_model(name) else sample_images[:n]
@@ -181,7 +181,7 @@ def test_float_path_depends_on_batch_composition(models, sample_images):
     _, model, _ = models["bin"]
     x = binary(sample_images[:64])
     fb = FloatBackend(model, 8)
-    from bbans_vae.coding import single_thread
+    from bbans_vae.ans.chains import single_thread
     with torch.inference_mode(), single_thread():   # as the coder runs it
         batched = fb.posterior_probs(x)
         single = np.concatenate([fb.posterior_probs(x[i:i + 1]) for i in range(len(x))])
@@ -196,7 +196,7 @@ _CHILD = r"""
 import json, sys, hashlib, numpy as np, torch
 args = json.loads(sys.argv[1])
 from bbans_vae.checkpoint import load_model
-from bbans_vae.compress import decompress
+from bbans_vae.pipeline import decompress
 from bbans_vae.exact import ExactBackend
 torch.set_num_threads(args["threads"])
 model, config, _ = load_model(args["model"])
@@ -381,7 +381,7 @@ GOLDEN = {
 
 def test_golden_bitstream(sample_images):
     """The exact path's arithmetic is a file format: these digests must be the same on every
-    machine and install. A change means the coder path needs a new name (see exact.py)."""
+    machine and install. A change means the coder path needs a new name (see bbans_vae/exact/)."""
     model = _hashed_weights_model("mlp-bbans-bin", hidden=(64,), latent_dim=8)
     x = binary(sample_images[:8])
     enc = encode_images(model, x, 2, 8, backend=ExactBackend(model, 8))

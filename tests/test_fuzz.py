@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from bbans_vae.compress import compress, decompress
+from bbans_vae.pipeline import compress, decompress
 from bbans_vae.container import CODER_PATHS, PIXEL_KINDS, pack, unpack
 from bbans_vae.errors import VaeCompressError
 from tests.conftest import random_model
@@ -44,7 +44,7 @@ class Base:
 
 @functools.lru_cache(maxsize=1)
 def bases() -> tuple[Base, ...]:
-    from cli.demo import sample_images
+    from bbans_vae.data import sample_images
     imgs = sample_images()
     binm = random_model("mlp-bbans-bin", seed=3, hidden=(16,), latent_dim=4)
     gray = random_model("mlp-bbans-8bit", seed=3, hidden=(16,), latent_dim=4)
@@ -303,7 +303,7 @@ def test_huge_tables_are_refused():
     """A header that asks for 300 chains x 2^16 buckets (GiBs per round) is refused up front."""
     from bbans_vae.container import unpack
     from bbans_vae.errors import ContainerError
-    from cli.demo import sample_images
+    from bbans_vae.data import sample_images
     model = random_model("mlp-bin", seed=0)
     x = (sample_images()[:300] >= 128).astype(np.uint8)
     data, _ = compress(model, "m", SHA, x, n_chains=300, with_neg_elbo=False, coder_path="float32")

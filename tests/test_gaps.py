@@ -143,7 +143,7 @@ def test_json_keys_snake_case_with_units(result):
 
 def test_cli_gaps(tiny_run, real_data_root, tmp_path):
     from click.testing import CliRunner
-    from cli.main import main
+    from vaecompress_cli.main import main
     before = torch.get_num_threads()
     try:
         res = CliRunner().invoke(main, [
@@ -163,7 +163,7 @@ def test_cli_gaps(tiny_run, real_data_root, tmp_path):
 
 def test_cli_gaps_errors(tmp_path):
     from click.testing import CliRunner
-    from cli.main import main
+    from vaecompress_cli.main import main
     res = CliRunner().invoke(main, ["gaps", str(tmp_path / "nope")])
     assert res.exit_code == 1 and "no such run directory" in res.output
 

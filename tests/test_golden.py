@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from bbans_vae.checkpoint import bundled_models, load_model
-from bbans_vae.compress import compress
+from bbans_vae.pipeline import compress
 from bbans_vae.container import unpack
 from bbans_vae.data import load_dataset
 

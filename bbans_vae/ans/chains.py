@@ -23,10 +23,10 @@ import constriction
 import numpy as np
 import torch
 
-from .errors import ContainerError
-from .codec import (AnsCoder, Bernoulli, Categorical, Codec, LatentBuckets, Message, QuantizedGaussian,
+from ..errors import ContainerError
+from ..models import VAE
+from .codecs import (AnsCoder, Bernoulli, Categorical, Codec, LatentBuckets, Message, QuantizedGaussian,
                     Uniform, bits_back)
-from .models import VAE
 
 PIXEL_CODECS = {"bernoulli": Bernoulli, "categorical": Categorical, "quantized_gaussian": QuantizedGaussian}
 DEFAULT_LATENT_BITS = 8  # measured best rate for mlp-paper (k=6..12), see README

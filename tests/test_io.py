@@ -1,4 +1,4 @@
-"""Tests for cli/imageio.py: reading inputs, atomic writing of outputs."""
+"""Tests for cli/io.py (vaecompress_cli.io): reading inputs, atomic writing of outputs."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 
 from bbans_vae.errors import InputError, OutputError
-from cli import imageio
-from cli.imageio import ImageSet, read_inputs, write_file_atomic, write_outputs
+from vaecompress_cli import io as cli_io
+from vaecompress_cli.io import ImageSet, read_inputs, write_file_atomic, write_outputs
 
 
 def _rng_images(n=3, h=5, w=7, seed=0):
@@ -262,7 +262,7 @@ def test_failure_mid_write_leaves_nothing(tmp_path, monkeypatch):
     out.mkdir()
     (out / "keep.txt").write_text("old")
     calls = {"n": 0}
-    real = imageio._write_fsynced
+    real = cli_io._write_fsynced
 
     def flaky(path, write):
         calls["n"] += 1
@@ -270,12 +270,12 @@ def test_failure_mid_write_leaves_nothing(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         real(path, write)
 
-    monkeypatch.setattr(imageio, "_write_fsynced", flaky)
+    monkeypatch.setattr(cli_io, "_write_fsynced", flaky)
     with pytest.raises(KeyboardInterrupt):
         write_outputs(_rng_images(3), ["a", "b", "c"], out, "png", force=True)
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
     assert _leftovers(tmp_path) == []
-    monkeypatch.setattr(imageio, "_write_fsynced", lambda p, w: (_ for _ in ()).throw(OSError(28, "No space left on device")))
+    monkeypatch.setattr(cli_io, "_write_fsynced", lambda p, w: (_ for _ in ()).throw(OSError(28, "No space left on device")))
     with pytest.raises(OutputError, match="No space left"):
         write_outputs(_rng_images(1), ["a"], tmp_path / "new", "npy", force=False)
     assert not (tmp_path / "new").exists() and _leftovers(tmp_path) == []
@@ -308,7 +308,7 @@ def test_write_file_atomic(tmp_path, monkeypatch):
     def boom(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(imageio.os, "replace", boom)
+    monkeypatch.setattr(cli_io.os, "replace", boom)
     with pytest.raises(KeyboardInterrupt):
         write_file_atomic(f, b"three", force=True)
     assert f.read_bytes() == b"two"

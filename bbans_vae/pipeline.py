@@ -18,12 +18,12 @@ import constriction
 import numpy as np
 import torch
 
-from .coding import DEFAULT_LATENT_BITS, Encoded, FloatBackend, decode_images, encode_images
-from .refine import DEFAULT_REFINE_LR, RefineBackend
+from .ans.chains import DEFAULT_LATENT_BITS, Encoded, FloatBackend, decode_images, encode_images
+from .ans.refine import DEFAULT_REFINE_LR, RefineBackend
 from .container import Header, pack, pixels_digest, unpack
 from .errors import ContainerError, InputError
 from .models import VAE
-from .train import dataset_neg_elbo_bits
+from .objectives import dataset_neg_elbo_bits
 
 ENGINE = f"constriction {constriction.__version__}" if hasattr(constriction, "__version__") else "constriction 0.5.0"
 MAX_CHAINS = 4096

@@ -1,0 +1,377 @@
+"""The VAE's networks as exact integer networks: quantised layers, their calibration, and the
+context net as integer GEMMs over im2col patches (the rules are in the package docstring)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ..errors import ModelError
+from ..models import VAE
+from .tables import load_table
+
+HEADROOM_BITS = 6             # activation range above the calibration maximum
+N_CALIBRATION = 256
+N_CONTEXT_CALIBRATION = 64    # of those, for a context net (its patches are 9x wider)
+WEIGHT_BITS = 18
+LO_WEIGHT_BITS = 18           # context nets: weights of WEIGHT_BITS + LO_WEIGHT_BITS bits (QSplitLayer)
+FIRST_WEIGHT_BITS = 24
+ACC_BITS = 51                 # |sum of products| < 2^51, |bias| <= 2^51: all partial sums < 2^52
+
+
+# ----------------------------------------------------------------------------- integer network
+
+
+def _pow2(e: np.ndarray) -> np.ndarray:
+    return np.ldexp(1.0, np.asarray(e, dtype=np.int64).astype(np.int32))
+
+
+def _exponent(m: np.ndarray) -> np.ndarray:
+    """Smallest e with |m| < 2^e (0 for m == 0): exact, via frexp."""
+    return np.frexp(np.asarray(m, dtype=np.float64))[1].astype(np.int64)
+
+
+def _round(x: np.ndarray) -> np.ndarray:
+    return np.floor(x + 0.5)
+
+
+@dataclass
+class QLayer:
+    w_t: torch.Tensor          # (in, out) float64, integer-valued, |w| <= 2^wb
+    b: np.ndarray              # (out,) float64 integer-valued, accumulator scale
+    acc_exp: np.ndarray        # (out,) accumulator value = acc * 2^-acc_exp
+    in_bits: int               # inputs are integers with |a| < 2^in_bits
+    # set for hidden layers once the next scale is calibrated:
+    mult: np.ndarray | None = None   # (out,) 2^(s_next - acc_exp): acc -> next activation ints
+    clip: float = 0.0                # 2^AB_next - 1
+
+    def accumulate(self, a: np.ndarray) -> np.ndarray:
+        acc = (torch.from_numpy(a) @ self.w_t).numpy()
+        acc += self.b
+        return acc
+
+    def hidden(self, a: np.ndarray) -> np.ndarray:
+        return self.requantize(self.accumulate(a))
+
+    def requantize(self, acc: np.ndarray) -> np.ndarray:
+        """ReLU, then the next layer's activation integers (in place on acc)."""
+        np.maximum(acc, 0.0, out=acc)                                   # ReLU
+        acc *= self.mult
+        acc += 0.5
+        np.floor(acc, out=acc)
+        np.minimum(acc, self.clip, out=acc)
+        return acc
+
+    def output(self, a: np.ndarray) -> np.ndarray:
+        acc = self.accumulate(a)
+        acc *= _pow2(-self.acc_exp)                                     # exact real value
+        return acc
+
+
+@dataclass
+class QSplitLayer(QLayer):
+    """A QLayer with twice the weight precision: w_int = w_hi * 2^lo_bits + w_lo, two exact
+    GEMMs, combined per element (a power-of-two multiply, then IEEE additions of the two sums and
+    the bias: correctly rounded, so identical everywhere). The bias is not rounded at all.
+    Context nets use it: their weights are heavy-tailed, so 18 bits per row leave the typical
+    weight ~12 bits (measured on mnist-ctx: 1e-3 error in the pixel parameters vs float64; with
+    the split 1e-4; at either precision the rate equals float32's within sampling noise)."""
+
+    w_lo_t: torch.Tensor | None = None
+    lo_bits: int = 0
+
+    def accumulate(self, a: np.ndarray) -> np.ndarray:
+        t = torch.from_numpy(a)
+        acc = (t @ self.w_t).numpy()
+        acc *= 2.0 ** self.lo_bits
+        acc += (t @ self.w_lo_t).numpy()
+        acc += self.b
+        return acc
+
+
+@dataclass
+class _Prepared:
+    """A Linear layer's float64 weights with its provisional row scales and L1 bound."""
+
+    w: np.ndarray              # (out, in) float64 (1/255 folded in for 8-bit encoder inputs)
+    b: np.ndarray              # (out,)
+    row_exp: np.ndarray        # (out,) max|w_row| * 2^row_exp <= 2^weight_bits
+    l1_exp: int                # every row: sum |w_int| < 2^l1_exp
+
+    @staticmethod
+    def of(lin: torch.nn.Module, weight_bits: int, divide: float = 1.0) -> "_Prepared":
+        """From a Linear, or a Conv2d read as a Linear on its im2col patches (`_conv_matrix`)."""
+        w = (_conv_matrix(lin) if isinstance(lin, torch.nn.Conv2d) else lin.weight).detach().cpu().double().numpy()
+        if divide != 1.0:
+            w = w / divide                                              # correctly rounded
+        b = lin.bias.detach().cpu().double().numpy()
+        row_exp = weight_bits - _exponent(np.abs(w).max(1))
+        w_int = _round(np.ldexp(w, row_exp[:, None].astype(np.int32)))
+        # integers < 2^(weight_bits + 1) summed over < 2^20 terms: exact in any order
+        l1 = float(np.abs(w_int).sum(1).max()) + 1.0
+        return _Prepared(w, b, row_exp, int(_exponent(np.float64(l1))))
+
+    def input_bits(self) -> int:
+        """Input activation bits that keep every partial sum of products below 2^ACC_BITS."""
+        return ACC_BITS - self.l1_exp
+
+    def quantize(self, in_exp: int, in_bits: int) -> QLayer:
+        if in_bits > self.input_bits():
+            raise ModelError("exact coder path: accumulator range exceeded (internal)")
+        # a large bias next to small weights lowers the row's scale: |b_int| <= 2^(ACC_BITS - 1)
+        bias_cap = (ACC_BITS - 1) - _exponent(np.abs(self.b)) - in_exp
+        row_exp = np.minimum(self.row_exp, bias_cap)                   # only shrinks |w_int|
+        w_int = _round(np.ldexp(self.w, row_exp[:, None].astype(np.int32)))
+        acc_exp = row_exp + in_exp
+        b_int = _round(np.ldexp(self.b, acc_exp.astype(np.int32)))
+        b_int = np.clip(b_int, -2.0 ** ACC_BITS, 2.0 ** ACC_BITS)
+        return QLayer(torch.from_numpy(np.ascontiguousarray(w_int.T)), b_int, acc_exp, in_bits)
+
+    def split(self, lo_bits: int) -> "_PreparedSplit":
+        """The weights at 2^lo_bits finer row scales, as integer hi and lo parts (QSplitLayer)."""
+        row_exp = self.row_exp + lo_bits
+        w_int = _round(np.ldexp(self.w, row_exp[:, None].astype(np.int32)))
+        w_hi = np.floor(np.ldexp(w_int, -lo_bits))                     # exact: power-of-two scaling
+        w_lo = w_int - np.ldexp(w_hi, lo_bits)                          # in [0, 2^lo_bits), exact
+        l1 = max(float(np.abs(w_hi).sum(1).max()), float(w_lo.sum(1).max())) + 1.0
+        return _PreparedSplit(w_hi, w_lo, row_exp, self.b, lo_bits, int(_exponent(np.float64(l1))))
+
+
+@dataclass
+class _PreparedSplit:
+    """A layer's split integer weights (`_Prepared.split`); the same interface as _Prepared."""
+
+    w_hi: np.ndarray           # (out, in) integer-valued
+    w_lo: np.ndarray           # (out, in) integer-valued, in [0, 2^lo_bits)
+    row_exp: np.ndarray        # (out,) w ~ (w_hi * 2^lo_bits + w_lo) * 2^-row_exp
+    b: np.ndarray              # (out,) float64
+    lo_bits: int
+    l1_exp: int                # every row of w_hi and of w_lo: sum |w| < 2^l1_exp
+
+    def input_bits(self) -> int:
+        """Input activation bits that keep both GEMMs' partial sums below 2^ACC_BITS."""
+        return ACC_BITS - self.l1_exp
+
+    def quantize(self, in_exp: int, in_bits: int) -> QSplitLayer:
+        if in_bits > self.input_bits():
+            raise ModelError("exact coder path: accumulator range exceeded (internal)")
+        acc_exp = self.row_exp + in_exp
+        b = np.ldexp(self.b, acc_exp.astype(np.int32))                  # exact, no rounding
+        return QSplitLayer(torch.from_numpy(np.ascontiguousarray(self.w_hi.T)), b, acc_exp, in_bits,
+                           w_lo_t=torch.from_numpy(np.ascontiguousarray(self.w_lo.T)), lo_bits=self.lo_bits)
+
+
+def _linears(seq: torch.nn.Sequential) -> list[torch.nn.Linear]:
+    layers = [m for m in seq if isinstance(m, torch.nn.Linear)]
+    others = [m for m in seq if not isinstance(m, (torch.nn.Linear, torch.nn.ReLU))]
+    if others:
+        raise ModelError(f"the exact coder path supports Linear/ReLU MLPs, not {type(others[0]).__name__}")
+    return layers
+
+
+def _calibrate(prepared: list, in_exp: int, in_bits: int, chunks: list[np.ndarray],
+               patches: Callable[[int, np.ndarray], np.ndarray] = lambda i, a: a) -> list[QLayer]:
+    """Quantise `prepared` (_Prepared or _PreparedSplit) layer by layer. Each hidden layer's output
+    scale is the calibration maximum of its exact accumulators + HEADROOM_BITS, over the
+    activation `chunks` (any shape, channels last); patches(i, a) is layer i's input matrix for a
+    chunk (identity for an MLP, im2col for a conv)."""
+    layers: list[QLayer] = []
+    for i, prep in enumerate(prepared):
+        q = prep.quantize(in_exp, in_bits)
+        layers.append(q)
+        if i == len(prepared) - 1:
+            break
+        accs = [q.accumulate(patches(i, a)) for a in chunks]
+        real_max = max((float((np.maximum(acc, 0.0) * _pow2(-q.acc_exp)).max()) for acc in accs if len(acc)),
+                       default=0.0)
+        in_bits = prepared[i + 1].input_bits()
+        if in_bits < 12:
+            raise ModelError("a layer is too wide for the exact coder path")
+        in_exp = int(in_bits - HEADROOM_BITS - _exponent(np.float64(real_max)))
+        q.mult = _pow2(in_exp - q.acc_exp)
+        q.clip = float(2.0 ** in_bits - 1)
+        chunks = [q.requantize(acc).reshape(*a.shape[:-1], -1) for a, acc in zip(chunks, accs)]
+    return layers
+
+
+class QNet:
+    """A quantised MLP: integer inputs (scale 2^-in_exp) -> ... -> exact float64 outputs."""
+
+    def __init__(self, prepared: list[_Prepared], in_exp: int, in_bits: int, calibration: np.ndarray):
+        self.layers = _calibrate(prepared, in_exp, in_bits, [calibration])
+
+    def __call__(self, a: np.ndarray) -> np.ndarray:
+        for q in self.layers[:-1]:
+            a = q.hidden(a)
+        return self.layers[-1].output(a)
+
+
+def _calibration_latents(buckets_centers: np.ndarray, n: int, d: int) -> np.ndarray:
+    """(n, d) prior samples: bucket centres of the 2^14 grid picked by a splitmix64 hash."""
+    k = np.arange(n * d, dtype=np.uint64) + np.uint64(0x9E3779B97F4A7C15)
+    with np.errstate(over="ignore"):
+        k = (k ^ (k >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        k = (k ^ (k >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        k = k ^ (k >> np.uint64(31))
+    idx = (k >> np.uint64(50)).astype(np.int64)                         # 14 bits
+    return buckets_centers[idx].reshape(n, d)
+
+
+def _im2col(a: np.ndarray, k: int, at: np.ndarray | None = None) -> np.ndarray:
+    """(B, H, W, C) -> (B*n, k*k*C) zero-padded k x k patches centred on the n pixels where the
+    (H, W) bool mask `at` is set (all if None), ordered (dy, dx, c) like `_conv_matrix`'s
+    columns. One gather: only copies values, so exact."""
+    B, H, W, C = a.shape
+    p = k // 2
+    if at is None and p == 0:
+        return a.reshape(B * H * W, C)
+    Hp, Wp = H + 2 * p, W + 2 * p
+    padded = np.zeros((B, Hp * Wp, C))
+    padded.reshape(B, Hp, Wp, C)[:, p:p + H, p:p + W] = a
+    ys, xs = np.nonzero(np.ones((H, W), bool) if at is None else at)
+    d = np.arange(k)
+    idx = ((ys[:, None, None] + d[None, :, None]) * Wp + xs[:, None, None] + d[None, None, :]).reshape(-1)
+    return np.take(padded, idx, axis=1).reshape(B * len(ys), k * k * C)       # take: ~5x faster than []
+
+
+def _conv_matrix(conv: torch.nn.Conv2d) -> torch.Tensor:
+    """(C_out, kh*kw*C_in) weight matrix of a conv, columns ordered (dy, dx, c) as in `_im2col`."""
+    w = conv.weight.detach()
+    return w.permute(0, 2, 3, 1).reshape(w.shape[0], -1)
+
+
+def _dilate(mask: np.ndarray, k: int) -> np.ndarray:
+    """(H, W) bool: the pixels a k x k same-padded conv reads to produce `mask`'s pixels."""
+    p = k // 2
+    if not p:
+        return mask
+    padded = np.pad(mask, p)
+    return np.lib.stride_tricks.sliding_window_view(padded, (k, k)).any((-2, -1))
+
+
+class QContext:
+    """A context model's pixel-context conv net as integer GEMMs over im2col patches.
+
+    The net reads [decoder output h (k channels), visible pixels, visibility mask] per pixel.
+    All inputs share one power-of-two scale: h (exact float64) and the pixel values (x/255 for
+    8-bit, correctly rounded) are rounded to integers at that scale, clipped to the first
+    layer's input range; the mask is exactly 2^in_exp. Then each conv is a QLayer on patches,
+    calibrated like QNet, and the last one's exact float64 correction is added to h (one IEEE
+    addition per element: correctly rounded, identical everywhere).
+    """
+
+    def __init__(self, model: VAE, out_cal: np.ndarray, x_cal: np.ndarray, phases_cal: np.ndarray):
+        cfg = model.cfg
+        self.H, self.W = cfg.image_shape
+        self.k = model.likelihood.params_per_pixel
+        self.phase = model.phase.cpu().numpy()
+        convs = [m for m in model.context if isinstance(m, torch.nn.Conv2d)]
+        others = [m for m in model.context if not isinstance(m, (torch.nn.Conv2d, torch.nn.ReLU))]
+        if others or any(c.stride != (1, 1) or c.kernel_size[0] != c.kernel_size[1] or c.kernel_size[0] % 2 == 0
+                         or c.padding != (c.kernel_size[0] // 2,) * 2 or c.dilation != (1, 1) for c in convs):
+            raise ModelError("the exact coder path supports context nets of same-padded odd square "
+                             "convolutions with ReLU")
+        self.ksize = [c.kernel_size[0] for c in convs]
+        prepared = [_Prepared.of(c, WEIGHT_BITS).split(LO_WEIGHT_BITS) for c in convs]
+        in_bits = min(prepared[0].input_bits(), 30)
+        if in_bits < 12:
+            raise ModelError("the context net's first layer is too wide for the exact coder path")
+        real_max = max(float(np.abs(out_cal).max()) if out_cal.size else 0.0, 1.0)
+        self.in_bits = in_bits
+        self.in_exp = int(in_bits - HEADROOM_BITS - _exponent(np.float64(real_max)))
+        self.in_clip = float(2.0 ** in_bits - 1)
+        values = np.arange(256, dtype=np.float64) / (255.0 if cfg.pixel_kind == "8bit" else 1.0)
+        self.pixel_ints = _round(np.ldexp(values, self.in_exp))                        # (256,)
+        self.one = float(2.0 ** self.in_exp)
+        chunks = [self._input(out_cal[i:i + 16], x_cal[i:i + 16], self.phase[None, :] < phases_cal[i:i + 16, None])
+                  for i in range(0, len(out_cal), 16)]
+        self.layers = _calibrate(prepared, self.in_exp, in_bits, chunks, lambda i, a: _im2col(a, self.ksize[i]))
+
+    def _input(self, out: np.ndarray, x: np.ndarray, vis: np.ndarray) -> np.ndarray:
+        """(B, H, W, k + 2) integer input: h, visible pixels, mask; vis (B or 1, P) bool."""
+        B, P, k = out.shape[0], self.H * self.W, self.k
+        h = np.ldexp(out.reshape(B, P, k), self.in_exp)
+        np.clip(h, -self.in_clip, self.in_clip, out=h)
+        h = _round(h)
+        vis = np.broadcast_to(vis, (B, P))
+        xi = np.where(vis, self.pixel_ints[np.asarray(x, dtype=np.int64).reshape(B, P)], 0.0)
+        m = np.where(vis, self.one, 0.0)
+        return np.concatenate([h, xi[..., None], m[..., None]], -1).reshape(B, self.H, self.W, k + 2)
+
+    def __call__(self, out: np.ndarray, x: np.ndarray, vis: np.ndarray, sel: np.ndarray | None = None) -> np.ndarray:
+        """out (B, P*k) exact decoder output, x (B, P) pixel symbols, vis (P,) bool -> out +
+        correction (B, P*k). With `sel` (P,) bool, only the pixels of sel are corrected (each layer
+        runs only where a later layer reads it); the others keep out's values."""
+        B, H, W, k = out.shape[0], self.H, self.W, self.k
+        a = self._input(out, x, vis[None, :])
+        sel2 = np.ones((H, W), bool) if sel is None else sel.reshape(H, W)
+        need = [sel2]                                       # pixels each layer must produce, last first
+        for ks in reversed(self.ksize[1:]):
+            need.append(_dilate(need[-1], ks))
+        need = need[::-1]
+        for i, q in enumerate(self.layers[:-1]):
+            at = None if need[i].all() else need[i]
+            h = q.hidden(_im2col(a, self.ksize[i], at))
+            if at is None:
+                a = h.reshape(B, H, W, -1)
+            else:
+                a = np.zeros((B, H, W, h.shape[-1]))
+                a[:, at] = h.reshape(B, -1, h.shape[-1])
+        at = None if sel is None else sel2
+        corr = self.layers[-1].output(_im2col(a, self.ksize[-1], at))                # (B*n, k)
+        if sel is None:
+            return out + corr.reshape(B, -1)
+        res = out.reshape(B, H * W, k).copy()
+        res[:, sel] += corr.reshape(B, -1, k)
+        return res.reshape(B, -1)
+
+
+class ExactNetworks:
+    """The VAE's encoder and decoder as exact integer networks (see the module docstring)."""
+
+    def __init__(self, model: VAE):
+        cfg = model.cfg
+        self.cfg = cfg
+        self.likelihood = cfg.likelihood
+        self.k = cfg.mixtures
+        D = cfg.latent_dim
+        dec = [_Prepared.of(l, WEIGHT_BITS) for l in _linears(model.decoder)]
+        # decoder input: bucket centres, |z| < 4 = 2^2
+        self.z_bits = min(dec[0].input_bits(), 40)
+        self.z_exp = self.z_bits - 3
+        centers14 = load_table("normal_quantile")[1::2]                  # Phi^-1((i + 1/2) / 2^14)
+        z_cal = self._z_int(_calibration_latents(centers14, N_CALIBRATION, D))
+        self.decoder = QNet(dec, self.z_exp, self.z_bits, z_cal)
+        # encoder input: raw pixel integers; calibrated on the decoder's own mean images
+        x_cal = self.mean_images(self.decoder(z_cal))
+        in_bits = 1 if cfg.pixel_kind == "binary" else 8
+        divide = 1.0 if cfg.pixel_kind == "binary" else 255.0
+        enc_layers = _linears(model.encoder)
+        wb = FIRST_WEIGHT_BITS
+        first = _Prepared.of(enc_layers[0], wb, divide)
+        while first.input_bits() < in_bits:
+            wb -= 1
+            first = _Prepared.of(enc_layers[0], wb, divide)
+        enc = [first] + [_Prepared.of(l, WEIGHT_BITS) for l in enc_layers[1:]]
+        self.encoder = QNet(enc, 0, in_bits, x_cal)
+        self.context = None
+        if cfg.arch == "ctx":
+            # calibrated on the decoder's outputs and mean images, image i seen at phase i mod n
+            n = N_CONTEXT_CALIBRATION
+            self.context = QContext(model, self.decoder(z_cal[:n]), x_cal[:n], np.arange(n) % model.n_phases)
+
+    def _z_int(self, z: np.ndarray) -> np.ndarray:
+        return _round(np.ldexp(np.asarray(z, dtype=np.float64), self.z_exp))
+
+    def mean_images(self, out: np.ndarray) -> np.ndarray:
+        B, P = out.shape[0], self.cfg.n_pixels
+        if self.likelihood == "bernoulli":
+            return (out > 0).astype(np.float64)
+        if self.likelihood == "gaussian":
+            o = out.reshape(B, P, 2)[..., 0]
+        else:
+            o = out.reshape(B, P, 3, self.k)[:, :, 1, 0]
+        mean = 127.5 + 127.5 * o
+        return np.clip(_round(mean), 0.0, 255.0)

@@ -1,0 +1,75 @@
+"""ModelConfig: everything that defines an architecture. JSON-serialisable via `to_dict`."""
+from __future__ import annotations
+
+from dataclasses import dataclass, asdict
+
+import numpy as np
+
+from ..errors import ModelError
+
+ARCH_NAMES = ("mlp", "ctx")     # presets.ARCHITECTURES maps each to its class
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything that defines an architecture. JSON-serialisable via `to_dict`."""
+
+    arch: str = "mlp"
+    image_shape: tuple = (28, 28)
+    pixel_kind: str = "binary"          # "binary" (values {0,1}) or "8bit" (0..255)
+    hidden: tuple = (500, 500, 500)
+    latent_dim: int = 10
+    likelihood: str = "bernoulli"       # "bernoulli" | "gaussian" | "logistic"
+    mixtures: int = 1                   # logistic mixture components (likelihood == "logistic")
+    context_channels: int = 0           # arch "ctx": channels of the pixel-context conv net
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["image_shape"] = list(self.image_shape)
+        d["hidden"] = list(self.hidden)
+        return d
+
+    @staticmethod
+    def from_dict(d: dict) -> "ModelConfig":
+        try:
+            cfg = ModelConfig(
+                arch=str(d["arch"]),
+                image_shape=tuple(int(v) for v in d["image_shape"]),
+                pixel_kind=str(d["pixel_kind"]),
+                hidden=tuple(int(v) for v in d["hidden"]),
+                latent_dim=int(d["latent_dim"]),
+                likelihood=str(d["likelihood"]),
+                mixtures=int(d.get("mixtures", 1)),
+                context_channels=int(d.get("context_channels", 0)),
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise ModelError(f"model config is incomplete or malformed ({e!r})") from None
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        if self.arch not in ARCH_NAMES:
+            raise ModelError(f"unknown architecture {self.arch!r}; known: {', '.join(ARCH_NAMES)}")
+        if self.pixel_kind not in ("binary", "8bit"):
+            raise ModelError(f"pixel_kind must be 'binary' or '8bit', not {self.pixel_kind!r}")
+        allowed = ("bernoulli",) if self.pixel_kind == "binary" else ("gaussian", "logistic")
+        if self.likelihood not in allowed:
+            raise ModelError(f"{self.pixel_kind} pixels need one of the likelihoods {allowed}, not {self.likelihood!r}")
+        if not (1 <= self.latent_dim <= 4096) or not self.hidden or min(self.hidden) < 1:
+            raise ModelError("latent_dim must be in 1..4096 and hidden sizes positive")
+        if len(self.image_shape) != 2 or min(self.image_shape) < 1 or self.n_pixels > 1 << 20:
+            raise ModelError(f"image_shape must be (H, W) with H*W <= 2^20, got {self.image_shape}")
+        if not (1 <= self.mixtures <= 16):
+            raise ModelError("mixtures must be in 1..16")
+        if (self.arch == "ctx") != (self.context_channels > 0) or self.context_channels > 512:
+            raise ModelError("context_channels must be in 1..512 for arch 'ctx' and 0 otherwise")
+        if self.arch == "ctx" and self.likelihood == "logistic":
+            raise ModelError("arch 'ctx' supports the bernoulli and gaussian likelihoods")
+
+    @property
+    def n_pixels(self) -> int:
+        return int(np.prod(self.image_shape))
+
+    @property
+    def levels(self) -> int:
+        return 2 if self.pixel_kind == "binary" else 256

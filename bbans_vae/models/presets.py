@@ -1,0 +1,63 @@
+"""Named architecture presets and building a model from a config.
+
+Presets (one table, `PRESETS`; parameter counts from `count_parameters`, 28x28 images):
+
+| preset          | encoder / decoder     | z  | likelihood                | params   |
+|-----------------|-----------------------|----|---------------------------|----------|
+| mlp-paper       | 3 x 500 ReLU          | 10 | Bernoulli                 | 1,802,804|
+| mlp-bbans-bin   | 1 x 100 ReLU          | 40 | Bernoulli                 |   169,864|
+| mlp-bin         | 2 x 500 ReLU          | 32 | Bernoulli                 | 1,334,848|
+| mlp-8bit        | 2 x 500 ReLU          | 32 | discretized Gaussian      | 1,727,632|
+| mlp-8bit-logistic| 2 x 500 ReLU         | 32 | discretized logistic, K=1 | 2,120,416|
+| mlp-8bit-mix    | 2 x 500 ReLU          | 32 | discretized logistic, K=3 | 4,477,120|
+| mlp-bbans-8bit  | 1 x 200 ReLU          | 50 | discretized Gaussian      |   502,468|
+| ctx-bin         | mlp-bin + context net | 32 | Bernoulli, 4 phases       | 1,345,025|
+| ctx-8bit        | mlp-8bit + context net| 32 | discretized Gaussian, 4 ph| 1,738,130|
+
+`ctx-*` (ContextVAE): the likelihood also reads already-coded neighbours in a 2x2 checkerboard
+order (He et al., "Checkerboard Context Model for Efficient Learned Image Compression", CVPR
+2021; PixelVAE, Gulrajani et al. 2017, for the idea of a local autoregressive VAE decoder).
+"""
+from __future__ import annotations
+
+from ..errors import ModelError
+from .config import ModelConfig
+from .context import ContextVAE
+from .vae import VAE
+
+PRESETS: dict[str, tuple[ModelConfig, str]] = {
+    "mlp-paper": (ModelConfig(hidden=(500, 500, 500), latent_dim=10),
+                  "gaps paper setting: 3x500 ReLU MLP, z=10, Bernoulli"),
+    "mlp-bbans-bin": (ModelConfig(hidden=(100,), latent_dim=40),
+                      "BB-ANS paper binary setting: 784-100-40, Bernoulli"),
+    "mlp-bin": (ModelConfig(hidden=(500, 500), latent_dim=32),
+                "default binary model: 2x500 ReLU, z=32, Bernoulli"),
+    "mlp-8bit": (ModelConfig(pixel_kind="8bit", likelihood="gaussian", hidden=(500, 500), latent_dim=32),
+                 "default 8-bit model: 2x500 ReLU, z=32, discretized Gaussian"),
+    "mlp-8bit-logistic": (ModelConfig(pixel_kind="8bit", likelihood="logistic", hidden=(500, 500), latent_dim=32),
+                          "2x500 ReLU, z=32, discretized logistic (table-coded: slower)"),
+    "mlp-8bit-mix": (ModelConfig(pixel_kind="8bit", likelihood="logistic", hidden=(500, 500), latent_dim=32,
+                                 mixtures=3),
+                     "2x500 ReLU, z=32, 3-component discretized logistic mixture"),
+    "mlp-bbans-8bit": (ModelConfig(pixel_kind="8bit", likelihood="gaussian", hidden=(200,), latent_dim=50),
+                       "BB-ANS paper 8-bit size: 784-200-50 (discretized Gaussian instead of beta-binomial)"),
+    "ctx-bin": (ModelConfig(arch="ctx", hidden=(500, 500), latent_dim=32, context_channels=32),
+                "mlp-bin + checkerboard pixel context (2 conv3x3 layers, 32 channels), Bernoulli"),
+    "ctx-8bit": (ModelConfig(arch="ctx", pixel_kind="8bit", likelihood="gaussian", hidden=(500, 500),
+                             latent_dim=32, context_channels=32),
+                 "mlp-8bit + checkerboard pixel context (2 conv3x3 layers, 32 channels), discretized Gaussian"),
+}
+
+
+def preset_config(name: str) -> ModelConfig:
+    if name not in PRESETS:
+        raise ModelError(f"unknown architecture preset {name!r}; choose one of: {', '.join(PRESETS)}")
+    return PRESETS[name][0]
+
+
+ARCHITECTURES = {"mlp": VAE, "ctx": ContextVAE}
+
+
+def build_model(cfg: ModelConfig) -> VAE:
+    cfg.validate()
+    return ARCHITECTURES[cfg.arch](cfg)

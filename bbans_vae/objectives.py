@@ -1,0 +1,106 @@
+"""The objectives in bits: KL, -ELBO, IWAE, the encoder-only training objectives, and their
+batched per-image versions over image arrays.
+
+`reverse_half_asleep_objective`: Reverse Half-Asleep encoder training (Zhang, Hayes & Barber,
+NeurIPS 2022): with the decoder frozen, the encoder minimises the -ELBO of batches that are half
+real images and half images dreamed by the model, either from the prior (z ~ N(0, I),
+x ~ p(x|z)) or by reconstruction (z ~ q(z|x), x ~ p(x|z)).
+
+`neg_elbo_bits` is the one -ELBO function that training, evaluation, coding reports, bench and
+gaps call. The math is in docs/DESIGN.md.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from .models import LN2, VAE
+
+
+
+
+def gaussian_kl_bits(mu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu, sigma^2) || N(0, 1)) in bits, summed over latent dims: (B, D) -> (B,)."""
+    return 0.5 * (mu.pow(2) + sigma.pow(2) - 1.0 - 2.0 * torch.log(sigma)).sum(-1) / LN2
+
+
+def neg_elbo_bits(model: VAE, x: torch.Tensor, n_samples: int = 1,
+                  gen: torch.Generator | None = None,
+                  posterior: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """Negative ELBO in bits per image, (B,): E_q[-log2 p(x|z)] + KL(q || p).
+
+    The expectation uses `n_samples` reparameterised samples (differentiable); the KL is exact.
+    `posterior` overrides q(z|x) (used by refit / per-image optimisation). This is the one
+    function that training, eval, bench and gaps call.
+    """
+    mu, sigma = model.posterior(x) if posterior is None else posterior
+    xf = model.flat_pixels(x)
+    rec = 0.0
+    for _ in range(n_samples):
+        eps = torch.randn(mu.shape, generator=gen, device=mu.device)
+        rec = rec + model.likelihood.nll_bits(xf, model.pixel_out(mu + sigma * eps, xf))
+    return rec / n_samples + gaussian_kl_bits(mu, sigma)
+
+
+def iwae_bits(model: VAE, x: torch.Tensor, k: int, gen: torch.Generator | None = None,
+              chunk: int = 250) -> torch.Tensor:
+    """Importance-weighted estimate of -log2 p(x) with k samples, (B,). Upper bound in expectation."""
+    mu, sigma = model.posterior(x)
+    xf = model.flat_pixels(x)
+    B, D = mu.shape
+    logws = []
+    for start in range(0, k, chunk):
+        m = min(chunk, k - start)
+        eps = torch.randn(m, B, D, generator=gen)
+        z = mu + sigma * eps                                            # (m, B, D)
+        xr = xf.repeat(m, 1)
+        nll = model.likelihood.nll_bits(xr, model.pixel_out(z.view(m * B, D), xr)).view(m, B) * LN2
+        log_prior = -0.5 * (z.pow(2) + math.log(2 * math.pi)).sum(-1)
+        log_q = -0.5 * (eps.pow(2) + math.log(2 * math.pi)).sum(-1) - torch.log(sigma).sum(-1)
+        logws.append(-nll + log_prior - log_q)
+    logw = torch.cat(logws, 0)                                          # (k, B)
+    return -(torch.logsumexp(logw, 0) - math.log(k)) / LN2
+
+
+def reverse_half_asleep_objective(mode: str = "prior"):
+    """Loss f(model, x, gen) for encoder-only training: -ELBO bits of [x ; dreamed x]."""
+    if mode not in ("prior", "recon"):
+        raise ValueError("mode must be 'prior' or 'recon'")
+
+    def objective(model: VAE, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        n = x.shape[0]
+        half = x[: n - n // 2]
+        with torch.no_grad():
+            if mode == "prior":
+                z = torch.randn(n // 2, model.cfg.latent_dim, generator=gen, device=x.device)
+            else:
+                mu, sigma = model.posterior(x[n - n // 2:])
+                z = mu + sigma * torch.randn(mu.shape, generator=gen, device=x.device)
+            dreamed = model.sample_given(z, gen).view(-1, *model.cfg.image_shape)
+        batch = torch.cat([half.float(), dreamed.to(half.device).float()], 0)
+        return neg_elbo_bits(model, batch, gen=gen).mean()
+
+    return objective
+
+
+@torch.no_grad()
+def dataset_neg_elbo_bits(model: VAE, images: np.ndarray, batch_size: int = 1000, seed: int = 0,
+                          n_samples: int = 1, device: str = "cpu") -> np.ndarray:
+    """Per-image -ELBO in bits over an (N, H, W) uint8 array (seeded MC for the reconstruction)."""
+    gen = torch.Generator(device=device).manual_seed(seed)
+    out = []
+    model.eval()
+    for i in range(0, len(images), batch_size):
+        x = torch.from_numpy(images[i:i + batch_size]).to(device)
+        out.append(neg_elbo_bits(model, x, n_samples=n_samples, gen=gen).cpu().numpy())
+    return np.concatenate(out) if out else np.zeros(0)
+
+
+@torch.no_grad()
+def dataset_iwae_bits(model: VAE, images: np.ndarray, k: int, seed: int = 0, batch_size: int = 100) -> np.ndarray:
+    gen = torch.Generator().manual_seed(seed)
+    model.eval()
+    return np.concatenate([iwae_bits(model, torch.from_numpy(images[i:i + batch_size]), k, gen).numpy()
+                           for i in range(0, len(images), batch_size)])
