@@ -28,6 +28,7 @@ from .data import dataset_spec, load_dataset
 from .errors import ModelError, VaeCompressError
 from .models import VAE, ModelConfig, build_model
 from .objectives import dataset_neg_elbo_bits, neg_elbo_bits, reverse_half_asleep_objective
+from .optim import minimise, shuffled_batches
 
 
 @dataclass
@@ -190,18 +191,13 @@ def train(run_dir: Path, args: TrainArgs, device: str = "cpu", meta: dict | None
         model.train()
         gen = torch.Generator().manual_seed(args.seed * 1_000_003 + epoch)
         noise = torch.Generator(device=device).manual_seed(args.seed * 1_000_033 + epoch)
-        perm = torch.randperm(n, generator=gen).to(device)
+        batches = (train_x[idx.to(device)] for idx in shuffled_batches(n, args.batch_size, gen))
         total, count = 0.0, 0
-        for i in range(0, n, args.batch_size):
-            x = train_x[perm[i:i + args.batch_size]]
-            loss_bits = loss_fn(model, x, noise)
-            opt.zero_grad(set_to_none=True)
-            loss_bits.backward()
-            opt.step()
-            total += float(loss_bits.detach()) * len(x)
+        for x, loss_bits in minimise(opt, lambda x: loss_fn(model, x, noise), batches):
+            total += loss_bits * len(x)
             count += len(x)
             if on_batch:
-                on_batch(float(loss_bits.detach()) / cfg.n_pixels)
+                on_batch(loss_bits / cfg.n_pixels)
         if not math.isfinite(total):
             raise VaeCompressError(f"training diverged at epoch {epoch} (loss is not finite); lower --lr")
         record = {"epoch": epoch, "train_loss_bpd": total / count / cfg.n_pixels,

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from ..models import VAE
-from ..objectives import neg_elbo_bits
+from ..optim import fit_posterior
 from .chains import FloatBackend
 
 DEFAULT_REFINE_LR = 0.02
@@ -24,19 +24,7 @@ def refine_posterior(model: VAE, x: torch.Tensor, steps: int, lr: float = DEFAUL
 
     Deterministic given the batch: fixed seeded noise, no dependence on other state.
     """
-    with torch.no_grad():
-        mu0, sigma0 = model.posterior(x)
-    mu = mu0.detach().clone().requires_grad_(True)
-    log_s = torch.log(sigma0).detach().clone().requires_grad_(True)
-    opt = torch.optim.Adam([mu, log_s], lr=lr)
-    gen = torch.Generator().manual_seed(seed)
-    with torch.enable_grad():
-        for _ in range(steps):
-            loss = neg_elbo_bits(model, x, gen=gen, posterior=(mu, torch.exp(log_s))).sum()
-            g_mu, g_s = torch.autograd.grad(loss, [mu, log_s])
-            mu.grad, log_s.grad = g_mu, g_s
-            opt.step()
-    return mu.detach(), torch.exp(log_s.detach())
+    return fit_posterior(model, x, steps, lr, torch.Generator().manual_seed(seed))
 
 
 class RefineBackend(FloatBackend):
