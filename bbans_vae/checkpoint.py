@@ -8,6 +8,11 @@ The sha256 of the weights file is checked on every load and recorded in every .v
 
 A *model reference* (what `--model` and `eval MODEL` accept) is a bundled model name (listed by
 `vaecompress models`), a checkpoint directory, or a training run directory (its newest checkpoint).
+
+Decoding without a model reference finds the model a file names (`locate_model`): the bundled
+model of that name, then any bundled model, then the checkpoints under the directories of
+`$VAECOMPRESS_MODELS` (separated by the OS path separator), always by the weights' sha256 the
+file records. A path written in a file is never opened.
 """
 from __future__ import annotations
 
@@ -29,6 +34,7 @@ WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 BUNDLED_DIR = Path(__file__).resolve().parent / "bundled" / "models"
 MAX_CONFIG_BYTES = 1 << 20
+MODELS_ENV = "VAECOMPRESS_MODELS"
 
 
 def sha256_file(path: Path) -> str:
@@ -145,3 +151,37 @@ def load_model(ref: str, device: str = "cpu") -> tuple[VAE, dict, Path]:
     path = resolve_model(ref)
     model, config = load_checkpoint(path, device)
     return model, config, path
+
+
+def _checkpoints_under(root: Path) -> list[Path]:
+    """Checkpoint directories at `root`, one level below it, and in run directories there."""
+    found: list[Path] = []
+    for d in [root, *sorted(p for p in root.iterdir() if p.is_dir())] if root.is_dir() else []:
+        if (d / CONFIG).is_file():
+            found.append(d)
+        found += sorted(p for p in (d / "checkpoints").glob("epoch_*") if (p / CONFIG).is_file())
+    return found
+
+
+def models_search_path() -> list[Path]:
+    """The directories of $VAECOMPRESS_MODELS, in order."""
+    return [Path(p) for p in os.environ.get(MODELS_ENV, "").split(os.pathsep) if p]
+
+
+def locate_model(name: str, sha256_prefix: bytes, search_path: list[Path] | None = None) -> Path:
+    """The checkpoint directory whose weights' sha256 starts with `sha256_prefix` (see the module
+    docstring for the order). ModelError, naming the file's model, if there is none."""
+    bundled = bundled_models()
+    candidates = ([bundled[name]] if name in bundled else []) + list(bundled.values())
+    for root in models_search_path() if search_path is None else search_path:
+        candidates += _checkpoints_under(Path(root))
+    for ckpt in candidates:
+        try:
+            digest = str(read_config(ckpt).get("weights_sha256", ""))
+        except ModelError:
+            continue
+        if digest[:2 * len(sha256_prefix)] == sha256_prefix.hex():
+            return ckpt
+    raise ModelError(f"this file was encoded with model {name!r} (weights sha256 {sha256_prefix.hex()[:16]}...), "
+                     f"which is not bundled nor under ${MODELS_ENV}; pass the model (--model) or add its "
+                     f"checkpoint directory to ${MODELS_ENV}")

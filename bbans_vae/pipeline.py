@@ -1,13 +1,8 @@
 """Whole-file compression: validate pixels, code them in chains, wrap them in a container, and back.
 
-`compress` returns the container bytes and a report that separates real bits from estimates:
-    actual_bits      8 x the container's size: everything counted
-    payload_bits     the chains' ANS words (valid bits)
-    container_bits   actual_bits - payload_bits: header, word padding, chain flush
-    initial_bits     bits not got back on images coded plain (chain starts), inside payload_bits
-    ideal_bits       sum over images of -log2 p(x|z) - log2 p(z) + log2 q(z|x) at the z used
-    neg_elbo_bits    the model's -ELBO (continuous latents, 1-sample MC reconstruction)
-and each of them in bits per dimension (`*_bpd`).
+`compress` returns the container bytes and a report: the file's sizes from `accounting.sizes_of`
+(real bits and the encoder's estimates, separated), the coding settings and the time taken.
+The -ELBO (a second forward pass over every image) is computed only when asked for.
 """
 from __future__ import annotations
 
@@ -18,7 +13,8 @@ import constriction
 import numpy as np
 import torch
 
-from .ans.chains import DEFAULT_LATENT_BITS, Encoded, FloatBackend, decode_images, encode_images
+from .accounting import sizes_of
+from .ans.chains import DEFAULT_LATENT_BITS, FloatBackend, decode_images, encode_images
 from .ans.refine import DEFAULT_REFINE_LR, RefineBackend
 from .container import Header, pack, pixels_digest, unpack
 from .errors import ContainerError, InputError
@@ -76,6 +72,21 @@ def default_chains(n_images: int) -> int:
     return int(min(32, max(1, n_images // 1000)))
 
 
+def binary_scale(pixels: np.ndarray) -> int | None:
+    """1 if every value is 0 or 1, 255 if every value is 0 or 255 (binary images), else None."""
+    values = np.unique(pixels)
+    if np.all(np.isin(values, (0, 1))):
+        return 1
+    if np.all(np.isin(values, (0, 255))):
+        return 255
+    return None
+
+
+def default_model_name(pixels: np.ndarray) -> str:
+    """The bundled model `encode` and the API use for these pixels: binary or 8-bit."""
+    return DEFAULT_MODELS["8bit" if binary_scale(pixels) is None else "binary"]
+
+
 def model_symbols(model: VAE, pixels: np.ndarray) -> tuple[np.ndarray, int]:
     """Check pixels fit the model; returns (symbols, binary_scale). Raises InputError."""
     if pixels.ndim != 3 or pixels.dtype != np.uint8:
@@ -85,11 +96,12 @@ def model_symbols(model: VAE, pixels: np.ndarray) -> tuple[np.ndarray, int]:
         raise InputError(f"images are {pixels.shape[1]}x{pixels.shape[2]} but the model codes {h}x{w} images")
     if model.cfg.pixel_kind == "8bit":
         return pixels, 0
-    values = np.unique(pixels)
-    if np.all(np.isin(values, (0, 1))):
+    scale = binary_scale(pixels)
+    if scale == 1:
         return pixels, 1
-    if np.all(np.isin(values, (0, 255))):
+    if scale == 255:
         return (pixels // 255).astype(np.uint8), 255
+    values = np.unique(pixels)
     bad = values[~np.isin(values, (0, 1, 255))]
     example = int(bad[0]) if len(bad) else 1
     raise InputError(f"the model codes binary images (values 0/1 or 0/255) but the input has value {example}; "
@@ -98,7 +110,7 @@ def model_symbols(model: VAE, pixels: np.ndarray) -> tuple[np.ndarray, int]:
 
 def compress(model: VAE, model_name: str, model_sha256_hex: str, pixels: np.ndarray,
              names: list[str] | None = None, names_stem: str = "image", n_chains: int | None = None,
-             latent_bits: int = DEFAULT_LATENT_BITS, with_neg_elbo: bool = True,
+             latent_bits: int = DEFAULT_LATENT_BITS, with_neg_elbo: bool = False,
              progress: Callable[[int], None] | None = None, refine_steps: int = 0,
              refine_lr: float = DEFAULT_REFINE_LR, coder_path: str | None = None) -> tuple[bytes, dict]:
     symbols, scale = model_symbols(model, pixels)
@@ -127,29 +139,12 @@ def compress(model: VAE, model_name: str, model_sha256_hex: str, pixels: np.ndar
                     plain_images=enc.plain_images, names_stem=None if names is not None else names_stem,
                     names=names, pixels_sha256=pixels_digest(pixels))
     data = pack(header, enc.chain_words)
-    report = coding_report(model, enc, len(data) * 8, N, seconds)
-    report.update(refine_steps=refine_steps, latent_bits=latent_bits, coder_path=coder_path)
-    if with_neg_elbo:
-        nelbo = float(dataset_neg_elbo_bits(model, symbols).sum())
-        report.update(neg_elbo_bits=nelbo, neg_elbo_bpd=nelbo / report["n_dims"])
+    nelbo = float(dataset_neg_elbo_bits(model, symbols).sum()) if with_neg_elbo else None
+    report = sizes_of(header, enc.chain_words, 8 * len(data), initial_bits=enc.initial_bits,
+                      ideal_bits=enc.ideal_bits_total, neg_elbo_bits=nelbo)
+    report.update(refine_steps=refine_steps, latent_bits=latent_bits, coder_path=coder_path,
+                  encode_seconds=seconds, encode_images_per_second=N / seconds if seconds > 0 else None)
     return data, report
-
-
-def coding_report(model: VAE, enc: Encoded, actual_bits: int, n_images: int, seconds: float) -> dict:
-    dims = n_images * model.cfg.n_pixels
-    r = {"n_images": n_images, "n_dims": dims, "chains": len(enc.chain_words),
-         "actual_bits": actual_bits, "payload_bits": enc.payload_bits,
-         "container_bits": actual_bits - enc.payload_bits, "initial_bits": enc.initial_bits,
-         "ideal_bits": enc.ideal_bits_total, "plain_images": len(enc.plain_images)}
-    for k in ("actual", "payload", "container", "initial", "ideal"):
-        r[f"{k}_bpd"] = r[f"{k}_bits"] / dims
-    r["encode_seconds"] = seconds
-    r["encode_images_per_second"] = n_images / seconds if seconds > 0 else None
-    return r
-
-
-def read_header(data: bytes) -> tuple[Header, list[np.ndarray]]:
-    return unpack(data)
 
 
 def decompress(data: bytes, model: VAE, model_sha256_hex: str,

@@ -29,7 +29,7 @@ def run_demo(limit: int | None, chains: int | None, progress_factory) -> list[di
         pixels = (images8 >= 128).astype(np.uint8) if kind == "binary" else images8
         with progress_factory(len(pixels), f"encode {name}") as bar:
             data, rep = compress(model, name, config["weights_sha256"], pixels, names_stem="mnist_test",
-                                 n_chains=chains, progress=bar.update)
+                                 n_chains=chains, progress=bar.update, with_neg_elbo=True)
         with progress_factory(len(pixels), f"decode {name}") as bar:
             decoded, _, drep = decompress(data, model, config["weights_sha256"], progress=bar.update)
         classical = measure(pixels, binary=(kind == "binary"), codecs=list(CLASSICAL),

@@ -286,17 +286,15 @@ def encode(inputs, output, model_ref, chains, latent_bits, refine_steps, coder_p
       vaecompress encode digits/ -o digits.vae
       vaecompress encode t10k-images-idx3-ubyte.gz -o mnist-test.vae --model mnist --json
     """
-    import numpy as np
     from .io import read_inputs, write_file_atomic
-    from bbans_vae.pipeline import DEFAULT_MODELS, compress
+    from bbans_vae.pipeline import compress, default_model_name
 
     out = Path(output)
     if out.exists() and not force:
         raise VaeCompressError(f"{out} exists; use --force to overwrite")
     images = read_inputs([Path(p) for p in inputs])
     if model_ref is None:
-        binary = bool(np.isin(images.pixels, (0, 1)).all() or np.isin(images.pixels, (0, 255)).all())
-        model_ref = DEFAULT_MODELS["binary" if binary else "8bit"]
+        model_ref = default_model_name(images.pixels)
     model, config = _load_for_coding(model_ref)
     indexed = all(n == f"{images.names[0].rsplit('_', 1)[0]}_{i:05d}" for i, n in enumerate(images.names))
     stem = images.names[0].rsplit("_", 1)[0] if indexed else None
@@ -304,7 +302,7 @@ def encode(inputs, output, model_ref, chains, latent_bits, refine_steps, coder_p
         data, report = compress(model, model_ref, config["weights_sha256"], images.pixels,
                                 names=None if indexed else images.names, names_stem=stem or "image",
                                 n_chains=chains, latent_bits=latent_bits, progress=bar.update,
-                                refine_steps=refine_steps, coder_path=coder_path)
+                                refine_steps=refine_steps, coder_path=coder_path, with_neg_elbo=True)
     write_file_atomic(out, data, force=force)
     report = {"output": str(out), "model": model_ref, "bytes": len(data), **report}
     if as_json:
@@ -322,7 +320,9 @@ def encode(inputs, output, model_ref, chains, latent_bits, refine_steps, coder_p
 @click.option("--output", "-o", required=True, type=click.Path(file_okay=False), help="Output directory.")
 @click.option("--format", "fmt", type=click.Choice(["png", "npy"]), default="png", show_default=True,
               help="png: one 8-bit grayscale PNG per image; npy: images.npy (N,H,W) uint8 + names.txt.")
-@click.option("--model", "-m", "model_ref", default=None, help="Model to decode with. Default: the one named in the file.")
+@click.option("--model", "-m", "model_ref", default=None,
+              help="Model to decode with. Default: the one the file names, found by its weights' hash among "
+                   "the bundled models and the checkpoints under $VAECOMPRESS_MODELS.")
 @click.option("--force", "-f", is_flag=True, help="Replace OUTDIR if it exists.")
 @click.option("--json", "as_json", is_flag=True)
 @quiet_option
@@ -341,14 +341,19 @@ def decode(input_file, output, fmt, model_ref, force, as_json, quiet):
       vaecompress decode mnist-test.vae -o out/ --format npy
     """
     from .io import write_outputs
-    from bbans_vae.pipeline import decompress, read_header
+    from bbans_vae.container import unpack
+    from bbans_vae.pipeline import decompress
 
     out = Path(output)
     if out.exists() and not force:
         raise VaeCompressError(f"{out} exists; use --force to overwrite")
     data = _read_container_bytes(Path(input_file))
-    header, _ = read_header(data)
-    model, config = _load_for_coding(model_ref or header.model_name)
+    header, _ = unpack(data)
+    if model_ref is None:  # the model the file names, found by its hash (never a path from the file)
+        from bbans_vae.checkpoint import load_checkpoint, locate_model
+        model, config = load_checkpoint(locate_model(header.model_name, header.model_sha256))
+    else:
+        model, config = _load_for_coding(model_ref)
     with progress_bar(header.n_images, "decode", quiet) as bar:
         pixels, header, report = decompress(data, model, config["weights_sha256"], progress=bar.update)
     paths = write_outputs(pixels, header.image_names(), out, fmt, force)
@@ -378,20 +383,16 @@ def info(input_file, as_json):
     Example:
       vaecompress info digits.vae --json
     """
-    from bbans_vae.pipeline import read_header
+    from bbans_vae.accounting import sizes_of
+    from bbans_vae.container import unpack
     data = _read_container_bytes(Path(input_file))
-    h, chains = read_header(data)
-    dims = h.n_images * h.height * h.width
-    payload_bits = 32 * sum(h.chain_words)
+    h, chains = unpack(data)
     res = {"file": str(input_file), "bytes": len(data), "format_version": data[4],
            "model": h.model_name, "model_sha256_prefix": h.model_sha256.hex(), "engine": h.engine,
            "torch": h.torch_version, "coder_path": h.coder_path, "pixel_kind": h.pixel_kind,
-           "binary_scale": h.binary_scale, "n_images": h.n_images, "height": h.height, "width": h.width,
+           "binary_scale": h.binary_scale, "height": h.height, "width": h.width,
            "channels": 1, "dtype": "uint8", "latent_bits": h.latent_bits, "refine_steps": h.refine_steps,
-           "chains": h.n_chains, "plain_images": len(h.plain_images),
-           "actual_bits": len(data) * 8, "actual_bpd": len(data) * 8 / dims,
-           "payload_bits": payload_bits, "container_bits": len(data) * 8 - payload_bits,
-           "pixels_sha256_prefix": h.pixels_sha256.hex()}
+           **sizes_of(h, chains, 8 * len(data)), "pixels_sha256_prefix": h.pixels_sha256.hex()}
     if as_json:
         echo_json(res)
     else:
