@@ -75,6 +75,16 @@ def command_line() -> str:
     return "vaecompress " + " ".join(shlex.quote(a) for a in sys.argv[1:])
 
 
+def int_list(text: str | None, option: str) -> tuple[int, ...] | None:
+    """A comma-separated list of integers ('' is the empty list); None stays None."""
+    if text is None:
+        return None
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise VaeCompressError(f"{option} must be comma-separated integers, not {text!r}") from None
+
+
 def echo_json(obj) -> None:
     click.echo(json.dumps(obj, indent=2, sort_keys=False))
 
@@ -123,10 +133,10 @@ def train(dataset, arch, epochs, run_dir, batch_size, lr, seed, train_size, save
           --encoder-objective reverse-half-asleep -o runs/paper-rha
     Re-running the same command on the same RUN_DIR resumes where it stopped.
     """
-    import dataclasses
     from tqdm import tqdm
     from bbans_vae.data import dataset_spec
     from bbans_vae.models import preset_config
+    from bbans_vae.settings import with_overrides
     from bbans_vae.train import TrainArgs, pick_device, train as run_training
 
     spec = dataset_spec(dataset)
@@ -135,14 +145,7 @@ def train(dataset, arch, epochs, run_dir, batch_size, lr, seed, train_size, save
         cfg = load_model(init_ref)[0].cfg
     else:
         cfg = preset_config(arch)
-    if latent_dim is not None:
-        cfg = dataclasses.replace(cfg, latent_dim=latent_dim)
-    if hidden is not None:
-        try:
-            cfg = dataclasses.replace(cfg, hidden=tuple(int(h) for h in hidden.split(",")))
-        except ValueError:
-            raise VaeCompressError(f"--hidden must be comma-separated integers, not {hidden!r}") from None
-    cfg.validate()
+    cfg = with_overrides(cfg, latent_dim=latent_dim, hidden=int_list(hidden, "--hidden"))
     if cfg.pixel_kind != spec.pixel_kind:
         raise VaeCompressError(f"preset {arch} codes {cfg.pixel_kind} pixels; dataset {dataset} is {spec.pixel_kind}")
     dev = pick_device(device)
@@ -356,7 +359,7 @@ def decode(input_file, output, fmt, model_ref, force, as_json, quiet):
         model, config = _load_for_coding(model_ref)
     with progress_bar(header.n_images, "decode", quiet) as bar:
         pixels, header, report = decompress(data, model, config["weights_sha256"], progress=bar.update)
-    paths = write_outputs(pixels, header.image_names(), out, fmt, force)
+    write_outputs(pixels, header.image_names(), out, fmt, force)
     if as_json:
         echo_json({"input": str(input_file), "output": str(out), **report})
     else:
@@ -487,24 +490,18 @@ def gaps(run_dir, refit_epochs, json_out, csv_out, plot_out, quick, iwae_k, loca
       vaecompress train -d mnist-bin -m mlp-paper -e 500 --train-size 1000 --save-every 50 -o runs/overfit
       vaecompress gaps runs/overfit --refit-epochs 100 --max-test 2000 --json gaps.json --plot gaps.png
     """
-    import dataclasses
     import torch
     from tqdm import tqdm
     from bbans_vae import gaps as G
     from bbans_vae.checkpoint import newest_checkpoint
+    from bbans_vae.settings import with_overrides
 
     rd = Path(run_dir)
     base = G.QUICK_GAPS if quick else G.GapsConfig()
     over = {"refit_epochs": refit_epochs, "iwae_k": iwae_k, "local_steps": local_steps, "max_test": max_test,
             "train_eval_size": train_eval_size, "split": split_at, "split_images": split_images,
             "elbo_samples": samples, "chains": chains, "latent_bits": latent_bits}
-    cfg = dataclasses.replace(base, seed=seed, code=not no_bitstreams, **{k: v for k, v in over.items() if v is not None})
-    if epochs:
-        try:
-            cfg = dataclasses.replace(cfg, epochs=tuple(int(e) for e in epochs.split(",")))
-        except ValueError:
-            raise VaeCompressError(f"--epochs must be comma-separated integers, not {epochs!r}") from None
-    cfg.validate()
+    cfg = with_overrides(base, seed=seed, code=not no_bitstreams, epochs=int_list(epochs or None, "--epochs"), **over)
     torch.set_num_threads(threads)
     t0 = time.time()
     if quick and (not rd.exists() or newest_checkpoint(rd) is None):
@@ -606,20 +603,12 @@ def bench(datasets, model_refs, limit, out_dir, json_out, no_classical, quick, c
     """
     from tqdm import tqdm
     from bbans_vae import bench as B
+    from bbans_vae.settings import with_overrides
+    from .render import format_headline, write_json, write_results
 
-    q = B.QUICK
-    if quick:
-        datasets = datasets or q.datasets
-        limit = limit if limit is not None else q.limit
-        jxl_effort = jxl_effort if jxl_effort is not None else q.jxl_effort
-        single_images = single_images if single_images is not None else q.single_images
-    if chains_list is None:
-        chains = q.chains_list if quick else B.CHAINS_SWEEP
-    else:
-        try:
-            chains = tuple(int(c) for c in chains_list.split(",") if c.strip())
-        except ValueError:
-            raise VaeCompressError(f"--chains must be comma-separated integers, not {chains_list!r}") from None
+    s = with_overrides(B.QUICK if quick else B.BenchSettings(), datasets=datasets or None, limit=limit,
+                       jxl_effort=jxl_effort, single_images=single_images,
+                       chains_list=int_list(chains_list, "--chains"))
     bar = tqdm(total=1, desc="bench", disable=quiet or not sys.stderr.isatty(), file=sys.stderr, leave=False,
                bar_format="{desc:<60.60} {n_fmt}/{total_fmt} |{bar}| {elapsed}")
 
@@ -629,17 +618,17 @@ def bench(datasets, model_refs, limit, out_dir, json_out, no_classical, quick, c
         bar.set_description(text)
         bar.refresh()
 
-    res = B.run_bench(datasets or B.DATASETS, list(model_refs) if model_refs else None, limit=limit,
-                      chains_list=chains, classical=not no_classical, effort=jxl_effort, progress=on_progress,
-                      single_images=single_images or B.SINGLE_IMAGES, data_dir=data_dir, command=command_line(),
+    res = B.run_bench(s.datasets, list(model_refs) if model_refs else None, limit=s.limit,
+                      chains_list=s.chains_list, classical=not no_classical, effort=s.jxl_effort, progress=on_progress,
+                      single_images=s.single_images, data_dir=data_dir, command=command_line(),
                       refine_steps=refine_steps)
     bar.close()
-    click.echo(B.format_headline(res))
+    click.echo(format_headline(res))
     if out_dir:
-        for p in B.write_results(res, out_dir):
+        for p in write_results(res, out_dir):
             click.echo(f"wrote {p}")
     if json_out:
-        click.echo(f"wrote {B.write_json(res, json_out)}")
+        click.echo(f"wrote {write_json(res, json_out)}")
     click.echo(f"bench finished in {res['elapsed_seconds']:.0f} s")
     if not res["all_verified"]:
         raise VaeCompressError("a decoded image differs from the original (see the rows marked NOT VERIFIED)")

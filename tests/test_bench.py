@@ -6,7 +6,8 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from bbans_vae.bench import BBANS_PROTOCOLS, format_headline, run_bench, write_results
+from bbans_vae.bench import BBANS_PROTOCOLS, run_bench
+from vaecompress_cli.render import format_headline, write_results
 from bbans_vae.checkpoint import save_checkpoint
 from vaecompress_cli.main import main
 from tests.conftest import random_model
