@@ -45,9 +45,10 @@ def neg_elbo_bits(model: VAE, x: torch.Tensor, n_samples: int = 1,
 
 
 def iwae_bits(model: VAE, x: torch.Tensor, k: int, gen: torch.Generator | None = None,
-              chunk: int = 250) -> torch.Tensor:
-    """Importance-weighted estimate of -log2 p(x) with k samples, (B,). Upper bound in expectation."""
-    mu, sigma = model.posterior(x)
+              chunk: int = 250, posterior: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """Importance-weighted estimate of -log2 p(x) with k samples, (B,). Upper bound in expectation.
+    The proposal is q(z|x), or the given `posterior` (mu, sigma) rows."""
+    mu, sigma = model.posterior(x) if posterior is None else posterior
     xf = model.flat_pixels(x)
     B, D = mu.shape
     logws = []
@@ -85,22 +86,35 @@ def reverse_half_asleep_objective(mode: str = "prior"):
     return objective
 
 
+def _rows(posterior: tuple[torch.Tensor, torch.Tensor] | None, i: int, j: int):
+    return None if posterior is None else (posterior[0][i:j], posterior[1][i:j])
+
+
 @torch.no_grad()
 def dataset_neg_elbo_bits(model: VAE, images: np.ndarray, batch_size: int = 1000, seed: int = 0,
-                          n_samples: int = 1, device: str = "cpu") -> np.ndarray:
-    """Per-image -ELBO in bits over an (N, H, W) uint8 array (seeded MC for the reconstruction)."""
+                          n_samples: int = 1, device: str = "cpu",
+                          posterior: tuple[torch.Tensor, torch.Tensor] | None = None) -> np.ndarray:
+    """Per-image -ELBO in bits over an (N, H, W) uint8 array, batch by batch, one generator
+    seeded `seed` for the Monte Carlo noise (same seed + same images = same noise). `posterior`:
+    (N, D) mu and sigma rows replacing q(z|x) (a refit or per-image optimised posterior)."""
     gen = torch.Generator(device=device).manual_seed(seed)
     out = []
     model.eval()
     for i in range(0, len(images), batch_size):
         x = torch.from_numpy(images[i:i + batch_size]).to(device)
-        out.append(neg_elbo_bits(model, x, n_samples=n_samples, gen=gen).cpu().numpy())
+        out.append(neg_elbo_bits(model, x, n_samples=n_samples, gen=gen,
+                                 posterior=_rows(posterior, i, i + batch_size)).cpu().numpy())
     return np.concatenate(out) if out else np.zeros(0)
 
 
 @torch.no_grad()
-def dataset_iwae_bits(model: VAE, images: np.ndarray, k: int, seed: int = 0, batch_size: int = 100) -> np.ndarray:
+def dataset_iwae_bits(model: VAE, images: np.ndarray, k: int, seed: int = 0, batch_size: int = 100,
+                      proposal: tuple[torch.Tensor, torch.Tensor] | None = None) -> np.ndarray:
+    """Per-image IWAE estimate of -log2 p(x) with k samples; proposal q(z|x), or the given (N, D)
+    mu and sigma rows. One generator seeded `seed`."""
     gen = torch.Generator().manual_seed(seed)
     model.eval()
-    return np.concatenate([iwae_bits(model, torch.from_numpy(images[i:i + batch_size]), k, gen).numpy()
-                           for i in range(0, len(images), batch_size)])
+    out = [iwae_bits(model, torch.from_numpy(images[i:i + batch_size]), k, gen,
+                     posterior=_rows(proposal, i, i + batch_size)).numpy()
+           for i in range(0, len(images), batch_size)]
+    return np.concatenate(out) if out else np.zeros(0)

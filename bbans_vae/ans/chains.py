@@ -25,6 +25,7 @@ import torch
 
 from ..errors import ContainerError
 from ..models import VAE
+from ..models.likelihoods import table_log2_prob
 from .codecs import (AnsCoder, Bernoulli, Categorical, Codec, LatentBuckets, Message, QuantizedGaussian,
                     Uniform, bits_back)
 
@@ -71,12 +72,6 @@ class Encoded:
     @property
     def ideal_bits_total(self) -> float:
         return float(self.ideal_bits.sum())
-
-
-def _log2_prob(table: np.ndarray, symbols: np.ndarray) -> np.ndarray:
-    """(B, n, K) unnormalised tables, (B, n) symbols -> (B,) summed log2 probabilities."""
-    p = np.take_along_axis(table, symbols[..., None].astype(np.int64), -1)[..., 0] / table.sum(-1)
-    return np.log2(np.maximum(p, 2.0 ** -24)).sum(-1)  # the coder gives every symbol >= 2^-24
 
 
 class FloatBackend:
@@ -222,7 +217,7 @@ class _Round:
         """Per lane: ideal net bits, and -log2 q(z|x) (the bits a plain image does not get back)."""
         flat = x.reshape(x.shape[0], -1)
         neg_log_px = -self.backend.pixel_log2_prob(self.px_params, flat)
-        neg_log_q = -_log2_prob(self.q_probs, z_idx)
+        neg_log_q = -table_log2_prob(self.q_probs, z_idx)
         return neg_log_px + self.backend.buckets.bits * self.D - neg_log_q, neg_log_q
 
 

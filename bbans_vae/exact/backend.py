@@ -6,6 +6,8 @@ import numpy as np
 
 from ..errors import InputError, ModelError
 from ..models import SIGMA_FLOOR, VAE
+from ..models.likelihoods import (GAUSSIAN_LOG_STD_RANGE, LOGISTIC_LOG_SCALE_RANGE, MEAN_HALF_RANGE,
+                                 SCALE_UNIT)
 from .qnet import ExactNetworks
 from .tables import ExactBuckets, Lut
 
@@ -98,10 +100,10 @@ class ExactBackend:
             return np.where(out < 0, t, 1.0 - t)
         if lik == "gaussian":
             o = out.reshape(B, P, 2)
-            mean = o[..., 0] * 127.5
-            mean += 127.5
-            std = self.exp(np.clip(o[..., 1], -5.0, 6.0))
-            std *= 16.0                                                 # exp(c + ln 16)
+            mean = o[..., 0] * MEAN_HALF_RANGE
+            mean += MEAN_HALF_RANGE
+            std = self.exp(np.clip(o[..., 1], *GAUSSIAN_LOG_STD_RANGE))
+            std *= SCALE_UNIT                                           # exp(c + ln 16)
             return np.ascontiguousarray(mean), std
         return self._logistic_tables(out.reshape(B, P, 3, self.cfg.mixtures))
 
@@ -109,11 +111,11 @@ class ExactBackend:
         """(B, P, 256) mixture tables: per component, bin masses are CDF differences by the tail
         trick (as for the posterior), CDF(e) = sigmoid((e - mean) / s), end bins take the tails."""
         B, P, _, K = o.shape
-        mean = o[:, :, 1] * 127.5
-        mean += 127.5
-        log_s = np.clip(o[:, :, 2], -4.0, 6.0)
+        mean = o[:, :, 1] * MEAN_HALF_RANGE
+        mean += MEAN_HALF_RANGE
+        log_s = np.clip(o[:, :, 2], *LOGISTIC_LOG_SCALE_RANGE)
         # grid position in the sigmoid table per unit of (e - mean): e^-(c + ln 16) * 2^8
-        pos_scale = self.exp(-log_s) * (self.sigmoid_neg.scale / 16.0)
+        pos_scale = self.exp(-log_s) * (self.sigmoid_neg.scale / SCALE_UNIT)
         edges = self._logistic_edges
         if K > 1:
             logit_w = o[:, :, 0]

@@ -10,6 +10,7 @@ import torch
 
 from ..errors import ModelError
 from ..models import VAE
+from ..models.likelihoods import MEAN_HALF_RANGE
 from .tables import load_table
 
 HEADROOM_BITS = 6             # activation range above the calibration maximum
@@ -373,5 +374,5 @@ class ExactNetworks:
             o = out.reshape(B, P, 2)[..., 0]
         else:
             o = out.reshape(B, P, 3, self.k)[:, :, 1, 0]
-        mean = 127.5 + 127.5 * o
+        mean = MEAN_HALF_RANGE + MEAN_HALF_RANGE * o
         return np.clip(_round(mean), 0.0, 255.0)

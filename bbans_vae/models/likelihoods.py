@@ -12,6 +12,20 @@ from .config import ModelConfig
 
 LN2 = math.log(2.0)
 
+# The decoder output -> pixel parameter transforms. The exact coder path (exact/backend.py)
+# evaluates the same transforms with table lookups; both read these constants.
+MEAN_HALF_RANGE = 127.5           # mean = 127.5 + 127.5 * o: o in [-1, 1] spans 0..255
+GAUSSIAN_LOG_STD_RANGE = (-5.0, 6.0)
+LOGISTIC_LOG_SCALE_RANGE = (-4.0, 6.0)
+SCALE_UNIT = 16.0                 # std (scale) = exp(clamped output) * 16: exp(c + ln 16)
+
+
+def table_log2_prob(table: np.ndarray, symbols: np.ndarray) -> np.ndarray:
+    """(B, n, K) unnormalised tables, (B, n) symbols -> (B,) summed log2 probabilities, as the
+    coder sees them (it gives every symbol at least 2^-24)."""
+    p = np.take_along_axis(table, symbols[..., None].astype(np.int64), -1)[..., 0] / table.sum(-1)
+    return np.log2(np.maximum(p, 2.0 ** -24)).sum(-1)
+
 
 
 class BernoulliPixels:
@@ -54,8 +68,9 @@ class GaussianPixels:
 
     def _split(self, out: torch.Tensor):
         out = out.view(out.shape[0], -1, 2)
-        mean = 127.5 + 127.5 * out[..., 0]
-        std = torch.exp(out[..., 1].clamp(min=-5.0, max=6.0) + math.log(16.0))   # (B, P)
+        mean = MEAN_HALF_RANGE + MEAN_HALF_RANGE * out[..., 0]
+        lo, hi = GAUSSIAN_LOG_STD_RANGE
+        std = torch.exp(out[..., 1].clamp(min=lo, max=hi) + math.log(SCALE_UNIT))   # (B, P)
         return mean, std
 
     @staticmethod
@@ -104,15 +119,15 @@ class LogisticPixels:
         self.params_per_pixel = 3 * self.k
 
     def coder_log2_prob(self, table: np.ndarray, x: np.ndarray) -> np.ndarray:
-        p = np.take_along_axis(table, x[..., None].astype(np.int64), -1)[..., 0] / table.sum(-1)
-        return np.log2(np.maximum(p, 2.0 ** -24)).sum(-1)
+        return table_log2_prob(table, x)
 
     def _split(self, out: torch.Tensor):
         B = out.shape[0]
         out = out.view(B, -1, 3, self.k)
         logit_w = out[:, :, 0]                                  # (B, P, K)
-        mean = 127.5 + 127.5 * out[:, :, 1]                     # (B, P, K) pixel units
-        log_s = out[:, :, 2].clamp(min=-4.0, max=6.0) + math.log(16.0)  # (B, P, K)
+        mean = MEAN_HALF_RANGE + MEAN_HALF_RANGE * out[:, :, 1]      # (B, P, K) pixel units
+        lo, hi = LOGISTIC_LOG_SCALE_RANGE
+        log_s = out[:, :, 2].clamp(min=lo, max=hi) + math.log(SCALE_UNIT)  # (B, P, K)
         return logit_w, mean, log_s
 
     def nll_bits(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
