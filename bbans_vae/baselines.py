@@ -1,4 +1,4 @@
-"""Classical lossless codecs as baselines for BB-ANS (SPEC §9), measured in memory.
+"""Classical lossless codecs as baselines for BB-ANS, measured in memory (the protocols: docs/DESIGN.md).
 
 One table, `REGISTRY`, lists every codec with its settings (always the strongest lossless
 setting the library offers) and a probe that names the library and version used, so that a

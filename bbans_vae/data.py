@@ -320,8 +320,8 @@ def _verify(path: pathlib.Path, df: DataFile) -> None:
     if actual != df.digest:
         raise DataError(
             f"{path} is corrupt or not the expected file: {df.algo} is {actual}, expected "
-            f"{df.digest} ({key[1]} bytes, expected {df.size}); replace it with a good copy "
-            "or delete it and use --download"
+            f"{df.digest} ({key[1]} bytes, expected {df.size}); replace it with a good copy"
+            + (f" (from {df.urls[0]})" if df.urls else "")
         )
     with _verified_lock:
         _verified[key] = True
@@ -331,7 +331,7 @@ def _missing_message(path: pathlib.Path, df: DataFile, name: str, root: pathlib.
     where = "" if root.is_dir() else f" (data directory {root} does not exist)"
     how = (
         "put the file there, point --data-dir or $VAECOMPRESS_DATA at a directory that has it"
-        + (", or use --download" if df.urls else " (it cannot be downloaded)")
+        + (f", or download it from {df.urls[0]}" if df.urls else " (it cannot be downloaded)")
     )
     return (
         f"dataset {name!r}: missing file {path} ({df.algo} {df.digest}){where}; {how}"

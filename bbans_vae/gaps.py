@@ -1,4 +1,4 @@
-"""Generalization gaps of a VAE training run, as -ELBO estimates and as real bitstreams (SPEC §7).
+"""Generalization gaps of a VAE training run, as -ELBO estimates and as real bitstreams (docs/DESIGN.md, math).
 
 For every checkpoint (θ_N, φ_N) of a run made by `vaecompress train --save-every S`:
 

@@ -1,4 +1,4 @@
-"""Study: shrinking the amortization gap (issue 5, SPEC §8), in real bits.
+"""Study: shrinking the amortization gap (issue 5; README, "Shrinking the amortization gap"), in real bits.
 
 For each model: the baseline encoder, a Reverse Half-Asleep (RHA) encoder fine-tuned with the
 decoder frozen, and transmit-free refinement with K steps, alone and combined. Every row is a

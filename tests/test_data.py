@@ -165,7 +165,9 @@ def test_missing_root_names_path_md5_and_fix(tmp_path):
     expected = root / "MNIST" / "raw" / "t10k-images-idx3-ubyte.gz"
     assert str(expected) in msg
     assert "9fb629c4189551a2d022fa330f9573f3" in msg
-    assert "does not exist" in msg and "--download" in msg and "VAECOMPRESS_DATA" in msg
+    assert "does not exist" in msg and "VAECOMPRESS_DATA" in msg
+    assert data.dataset_spec("mnist").images_file("test").urls[0] in msg     # where to get it
+    assert "--download" not in msg                                          # no command has that option
     with pytest.raises(DataError) as ei:
         data.load_dataset("binarized-mnist", "train", data_root=root)
     assert str(root / "binarized_mnist" / "binarized_mnist.npz") in str(ei.value)

@@ -1,4 +1,4 @@
-"""The exact coder path (SPEC §6.3): bitstreams that decode under other CPU kernels, thread
+"""The exact coder path (docs/DESIGN.md, determinism): bitstreams that decode under other CPU kernels, thread
 counts and batch compositions; tables that are what they claim; a golden bitstream."""
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 Image i goes to chain i % C at position i // C. Round t codes images t*C .. t*C+C-1, one per
 chain, so every network call is a batch over the chains active in that round; decoding runs the
-rounds backwards and feeds the networks exactly the same batches (SPEC §6.1). Consecutive images
+rounds backwards and feeds the networks exactly the same batches (docs/DESIGN.md, chain layout). Consecutive images
 never share a chain's latent bits in a way that correlates them within one lane: each chain is
 its own ANS stack.
 
@@ -37,7 +37,7 @@ _CAT = constriction.stream.model.Categorical(perfect=False)  # the posterior's f
 @contextlib.contextmanager
 def single_thread() -> Iterator[None]:
     """Network calls inside coding run on one thread: batches are small (one image per chain),
-    threads only add contention, and the thread count cannot then change the numbers (SPEC §6)."""
+    threads only add contention, and the thread count cannot then change the numbers (docs/DESIGN.md)."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -77,7 +77,7 @@ class Encoded:
 class FloatBackend:
     """Where the coder's distribution parameters come from: the float32 networks on this machine.
 
-    A backend has three jobs, each a pure function of its batch (SPEC §6.1):
+    A backend has three jobs, each a pure function of its batch (docs/DESIGN.md, determinism):
         posterior_probs(x)  (B, H, W) symbols -> (B, D, 2^k) float64 bucket masses of q(z|x)
         pixel_params(z_idx) (B, D) bucket indices -> the pixel codec's float64 parameters
         pixel_log2_prob(params, x) -> (B,) log2 p(x|z) as the coder sees it (for accounting)

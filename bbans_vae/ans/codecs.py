@@ -8,7 +8,7 @@ chain ("lane") taking part in a network batch. A `Codec` is a pair of functions
 with `x` an array whose first axis runs over the lanes. `pop` inverts `push` exactly. The
 coders are mutated in place and returned for readability. The integer CDF that constriction
 builds (24-bit, leaky, `perfect=False`) from the float64 parameters is the single source of
-truth: encoder and decoder must hand it bit-identical parameters (SPEC §6).
+truth: encoder and decoder must hand it bit-identical parameters (docs/DESIGN.md, determinism).
 
 References: Townsend, Bird & Barber, "Practical lossless compression with latent variables
 using bits back coding" (BB-ANS, ICLR 2019); craystack (codec = push/pop, equal-mass prior
