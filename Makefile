@@ -1,4 +1,5 @@
-# Quick start:  make demo   (compress bundled MNIST test images with a bundled model)
+# Quick start:  make demo   (compress bundled MNIST test images with a bundled model, next to JPEG-XL,
+#                            WebP, PNG, gzip and bz2 on the same images)
 #               make test   (the test suite; CI runs this)
 # Both bootstrap .venv from nothing. torch is pinned to the local CPU build here:
 # an open range would pull several GB of CUDA packages.

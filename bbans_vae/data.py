@@ -152,34 +152,24 @@ _MNIST_MIRRORS = (
 _FASHION_MIRRORS = ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",)
 
 
-def _idx_files(folder: str, mirrors: tuple[str, ...], table) -> tuple[DataFile, ...]:
-    return tuple(
-        DataFile(f"{folder}/raw/{fname}", "md5", md5, size, tuple(m + fname for m in mirrors))
-        for fname, md5, size in table
-    )
+# torchvision's file names; order: train images, train labels, test images, test labels
+# (the indices `_IDX_LAYOUT` uses)
+_IDX_NAMES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
+              "t10k-labels-idx1-ubyte.gz")
 
 
-# Order: train images, train labels, test images, test labels (indices used in `layout`).
-_MNIST_FILES = _idx_files(
-    "MNIST",
-    _MNIST_MIRRORS,
-    [
-        ("train-images-idx3-ubyte.gz", "f68b3c2dcbeaaa9fbdd348bbdeb94873", 9912422),
-        ("train-labels-idx1-ubyte.gz", "d53e105ee54ea40749a09fcbcd1e9432", 28881),
-        ("t10k-images-idx3-ubyte.gz", "9fb629c4189551a2d022fa330f9573f3", 1648877),
-        ("t10k-labels-idx1-ubyte.gz", "ec29112dd5afa0611ce80d1b7f02629c", 4542),
-    ],
-)
-_FASHION_FILES = _idx_files(
-    "FashionMNIST",
-    _FASHION_MIRRORS,
-    [
-        ("train-images-idx3-ubyte.gz", "8d4fb7e6c68d591d4c3dfef9ec88bf0d", 26421880),
-        ("train-labels-idx1-ubyte.gz", "25c81989df183df01b3e8a0aad5dffbe", 29515),
-        ("t10k-images-idx3-ubyte.gz", "bef4ecab320f06d8554ea6380940ec79", 4422102),
-        ("t10k-labels-idx1-ubyte.gz", "bb300cfdad3c16e7a12a480ee83cd310", 5148),
-    ],
-)
+def _idx_files(folder: str, mirrors: tuple[str, ...], md5s: tuple[str, ...], sizes: tuple[int, ...]
+               ) -> tuple[DataFile, ...]:
+    return tuple(DataFile(f"{folder}/raw/{fname}", "md5", md5, size, tuple(m + fname for m in mirrors))
+                 for fname, md5, size in zip(_IDX_NAMES, md5s, sizes))
+
+
+_MNIST_FILES = _idx_files("MNIST", _MNIST_MIRRORS, (
+    "f68b3c2dcbeaaa9fbdd348bbdeb94873", "d53e105ee54ea40749a09fcbcd1e9432", "9fb629c4189551a2d022fa330f9573f3",
+    "ec29112dd5afa0611ce80d1b7f02629c"), (9912422, 28881, 1648877, 4542))
+_FASHION_FILES = _idx_files("FashionMNIST", _FASHION_MIRRORS, (
+    "8d4fb7e6c68d591d4c3dfef9ec88bf0d", "25c81989df183df01b3e8a0aad5dffbe", "bef4ecab320f06d8554ea6380940ec79",
+    "bb300cfdad3c16e7a12a480ee83cd310"), (26421880, 29515, 4422102, 5148))
 _BINARIZED_FILES = (
     DataFile(
         "binarized_mnist/binarized_mnist.npz",
@@ -192,29 +182,23 @@ _IDX_LAYOUT = (("train", 0, 1, ""), ("test", 2, 3, ""))
 _MNIST_SOURCE = "MNIST, Y. LeCun, C. Cortes, C.J.C. Burges, http://yann.lecun.com/exdb/mnist/"
 
 
-def _mnist_spec(name: str, description: str, pixel_kind: str, binarization: str) -> DatasetSpec:
-    return DatasetSpec(
-        name=name,
-        description=description,
-        pixel_kind=pixel_kind,
-        binarization=binarization,
-        image_shape=(28, 28),
-        splits=("train", "test"),
-        split_sizes=(60000, 10000),
-        layout=_IDX_LAYOUT,
-        files=_MNIST_FILES,
-        source=_MNIST_SOURCE,
-        license="CC BY-SA 3.0 (as commonly stated for MNIST)",
-    )
+def _idx_spec(name: str, description: str, pixel_kind: str, binarization: str,
+              files: tuple[DataFile, ...] = _MNIST_FILES, source: str = _MNIST_SOURCE,
+              license: str = "CC BY-SA 3.0 (as commonly stated for MNIST)") -> DatasetSpec:
+    """A 28x28 dataset in torchvision's IDX layout, 60,000 train and 10,000 test images
+    (MNIST's files, source and licence unless told otherwise)."""
+    return DatasetSpec(name=name, description=description, pixel_kind=pixel_kind, binarization=binarization,
+                       image_shape=(28, 28), splits=("train", "test"), split_sizes=(60000, 10000),
+                       layout=_IDX_LAYOUT, files=files, source=source, license=license)
 
 
 DATASETS: dict[str, DatasetSpec] = {
     spec.name: spec
     for spec in (
-        _mnist_spec(
+        _idx_spec(
             "mnist-bin", "MNIST thresholded at 0.5 (pixel >= 128 -> 1)", "binary", "threshold"
         ),
-        _mnist_spec(
+        _idx_spec(
             "mnist-bin-stoch",
             "MNIST binarized stochastically, RandomState(0).random_sample < x/255 per split",
             "binary",
@@ -233,17 +217,9 @@ DATASETS: dict[str, DatasetSpec] = {
             source="H. Larochelle & I. Murray, AISTATS 2011 (derived from MNIST)",
             license="derived from MNIST (CC BY-SA 3.0); no separate explicit licence",
         ),
-        _mnist_spec("mnist", "MNIST, 8-bit grayscale", "8bit", "none"),
-        DatasetSpec(
-            name="fashion-mnist",
-            description="Fashion-MNIST, 8-bit grayscale",
-            pixel_kind="8bit",
-            binarization="none",
-            image_shape=(28, 28),
-            splits=("train", "test"),
-            split_sizes=(60000, 10000),
-            layout=_IDX_LAYOUT,
-            files=_FASHION_FILES,
+        _idx_spec("mnist", "MNIST, 8-bit grayscale", "8bit", "none"),
+        _idx_spec(
+            "fashion-mnist", "Fashion-MNIST, 8-bit grayscale", "8bit", "none", files=_FASHION_FILES,
             source="Fashion-MNIST, H. Xiao, K. Rasul, R. Vollgraf (Zalando Research), arXiv:1708.07747",
             license="MIT (Copyright 2017 Zalando SE)",
         ),

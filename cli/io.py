@@ -25,7 +25,7 @@ import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -297,13 +297,17 @@ def _scan_npy(path: Path) -> _Entry:
         raise InputError(f"{path} is not a valid .npy file ({exc}); {expected}") from exc
     if dtype != np.uint8:
         raise InputError(f"{path} holds dtype {dtype}; {expected} (convert with .astype(np.uint8))")
-    if len(shape) == 2:
-        n, (h, w) = 1, shape
-    elif len(shape) == 3:
-        n, h, w = shape
-    else:
-        raise InputError(f"{path} holds an array of shape {tuple(shape)}; {expected}")
-    return _Entry(path=path, kind="npy", n=int(n), h=int(h), w=int(w), stem=_array_stem(path))
+    n, h, w = _images_shape(shape, path, "an array", expected)
+    return _Entry(path=path, kind="npy", n=n, h=h, w=w, stem=_array_stem(path))
+
+
+def _images_shape(dims, path: Path, what: str, expected: str, hint: str = "") -> tuple[int, int, int]:
+    """(N, H, W) of an array shaped (N, H, W), or (H, W) for one image; InputError otherwise."""
+    if len(dims) == 2:
+        return 1, int(dims[0]), int(dims[1])
+    if len(dims) == 3:
+        return int(dims[0]), int(dims[1]), int(dims[2])
+    raise InputError(f"{path} holds {what} of shape {tuple(dims)}{hint}; {expected}")
 
 
 def _load_npy(entry: _Entry, target: np.ndarray) -> None:
@@ -371,14 +375,8 @@ def _scan_idx(path: Path) -> _Entry:
         type_code, dims = header
     if type_code != 0x08:
         raise InputError(f"{path} holds IDX data of type {type_code:#04x}; {expected} (type 0x08)")
-    if len(dims) == 2:
-        n, (h, w) = 1, dims
-    elif len(dims) == 3:
-        n, h, w = dims
-    else:
-        hint = " (is it a label file?)" if len(dims) == 1 else ""
-        raise InputError(f"{path} holds an IDX array of shape {tuple(dims)}{hint}; {expected}")
-    return _Entry(path=path, kind="idx", n=int(n), h=int(h), w=int(w), stem=stem, array=array)
+    n, h, w = _images_shape(dims, path, "an IDX array", expected, " (is it a label file?)" if len(dims) == 1 else "")
+    return _Entry(path=path, kind="idx", n=n, h=h, w=w, stem=stem, array=array)
 
 
 def _load_idx(entry: _Entry) -> np.ndarray:
@@ -481,6 +479,27 @@ def _ensure_parent(path: Path) -> Path:
     return parent
 
 
+def _publish(dest: Path, make: Callable[[Path], Path], fill_and_publish: Callable[[Path], None]) -> None:
+    """Make a temporary file or folder next to `dest` (make(parent)), fill it and move it into
+    place (fill_and_publish(tmp)); an OSError becomes one OutputError line, and a temporary
+    that was not published is removed."""
+    parent = _ensure_parent(dest)
+    tmp: Path | None = None
+    try:
+        try:
+            tmp = make(parent)
+            fill_and_publish(tmp)
+            tmp = None
+        except OSError as exc:
+            raise OutputError(f"cannot write {dest}: {exc.strerror or exc}") from exc
+    finally:
+        if tmp is not None and tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif tmp is not None:
+            tmp.unlink(missing_ok=True)
+    _fsync_dir(parent)
+
+
 def write_outputs(pixels: np.ndarray, names: list[str], out_dir: Path, fmt: str, force: bool) -> list[Path]:
     """Write decoded images into `out_dir`, atomically; return the written file paths.
 
@@ -496,36 +515,31 @@ def write_outputs(pixels: np.ndarray, names: list[str], out_dir: Path, fmt: str,
     _check_names(list(names))
     if os.path.lexists(out_dir) and not force:
         raise OutputError(f"{out_dir} exists; use --force to overwrite")
-    parent = _ensure_parent(out_dir)
+    rel: list[str] = []
 
-    tmp: Path | None = None
-    try:
-        try:
-            tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=parent))
-            os.chmod(tmp, 0o777 & ~_umask())
-            rel: list[str] = []
-            if fmt == "png":
-                from PIL import Image
+    def make(parent: Path) -> Path:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=parent))
+        os.chmod(tmp, 0o777 & ~_umask())
+        return tmp
 
-                for name, img in zip(names, pixels):
-                    im = Image.fromarray(np.ascontiguousarray(img))
-                    _write_fsynced(tmp / f"{name}.png", lambda f, im=im: im.save(f, format="PNG"))
-                    rel.append(f"{name}.png")
-            else:
-                arr = np.ascontiguousarray(pixels)
-                _write_fsynced(tmp / "images.npy", lambda f: np.save(f, arr, allow_pickle=False))
-                text = "".join(f"{n}\n" for n in names).encode("utf-8")
-                _write_fsynced(tmp / "names.txt", lambda f: f.write(text))
-                rel = ["images.npy", "names.txt"]
-            _fsync_dir(tmp)
-            _replace_into(tmp, out_dir, force)
-            tmp = None
-        except OSError as exc:
-            raise OutputError(f"cannot write {out_dir}: {exc.strerror or exc}") from exc
-    finally:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
-    _fsync_dir(parent)
+    def fill_and_publish(tmp: Path) -> None:
+        if fmt == "png":
+            from PIL import Image
+
+            for name, img in zip(names, pixels):
+                im = Image.fromarray(np.ascontiguousarray(img))
+                _write_fsynced(tmp / f"{name}.png", lambda f, im=im: im.save(f, format="PNG"))
+                rel.append(f"{name}.png")
+        else:
+            arr = np.ascontiguousarray(pixels)
+            _write_fsynced(tmp / "images.npy", lambda f: np.save(f, arr, allow_pickle=False))
+            text = "".join(f"{n}\n" for n in names).encode("utf-8")
+            _write_fsynced(tmp / "names.txt", lambda f: f.write(text))
+            rel.extend(["images.npy", "names.txt"])
+        _fsync_dir(tmp)
+        _replace_into(tmp, out_dir, force)
+
+    _publish(out_dir, make, fill_and_publish)
     return [out_dir / r for r in rel]
 
 
@@ -553,37 +567,27 @@ def write_file_atomic(path: Path, data: bytes, force: bool) -> None:
         raise OutputError(f"{path} is a folder; give a file name")
     if os.path.lexists(path) and not force:
         raise OutputError(f"{path} exists; use --force to overwrite")
-    parent = _ensure_parent(path)
-    tmp: Path | None = None
-    try:
-        try:
-            fd, name = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=parent)
-            tmp = Path(name)
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.chmod(tmp, 0o666 & ~_umask())
-            if force:
-                os.replace(tmp, path)
-            else:
-                try:  # no-clobber: fails if someone created `path` meanwhile
-                    os.link(tmp, path)
-                except FileExistsError:
-                    raise OutputError(f"{path} exists; use --force to overwrite") from None
-                except OSError:  # hard links unsupported on this file system
-                    if os.path.lexists(path):
-                        raise OutputError(f"{path} exists; use --force to overwrite") from None
-                    os.replace(tmp, path)
-                else:
-                    tmp.unlink(missing_ok=True)
-            tmp = None
-        except OSError as exc:
-            raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from exc
-    finally:
-        if tmp is not None:
-            try:
-                tmp.unlink()
-            except OSError:
-                pass
-    _fsync_dir(parent)
+
+    def make(parent: Path) -> Path:
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=parent)
+        os.close(fd)
+        return Path(name)
+
+    def fill_and_publish(tmp: Path) -> None:
+        _write_fsynced(tmp, lambda f: f.write(data))
+        os.chmod(tmp, 0o666 & ~_umask())
+        if force:
+            os.replace(tmp, path)
+            return
+        try:  # no-clobber: fails if someone created `path` meanwhile
+            os.link(tmp, path)
+        except FileExistsError:
+            raise OutputError(f"{path} exists; use --force to overwrite") from None
+        except OSError:  # hard links unsupported on this file system
+            if os.path.lexists(path):
+                raise OutputError(f"{path} exists; use --force to overwrite") from None
+            os.replace(tmp, path)
+        else:
+            tmp.unlink(missing_ok=True)
+
+    _publish(path, make, fill_and_publish)

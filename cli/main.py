@@ -412,16 +412,18 @@ def info(input_file, as_json):
 @click.option("--json", "as_json", is_flag=True)
 @quiet_option
 def demo(limit, chains, as_json, quiet):
-    """Compress, decode and verify 1,000 bundled MNIST test images; compare with gzip/bz2/PNG.
+    """Compress, decode and verify 1,000 bundled MNIST test images; compare with JPEG-XL, WebP,
+    PNG, gzip and bz2 on the same images (per image, as one mosaic, as one stream).
 
     Needs no dataset and no arguments. `make demo` runs this.
     """
-    from .demo import format_rows, run_demo
+    from .demo import run_demo
+    from .render import format_demo
     rows = run_demo(limit, chains, lambda n, d: progress_bar(n, d, quiet))
     if as_json:
         echo_json(rows)
     else:
-        click.echo(format_rows(rows))
+        click.echo(format_demo(rows))
     if not all(r["verified"] for r in rows):
         raise VaeCompressError("a decoded image differs from the original")
 

@@ -255,3 +255,29 @@ def _plots(result: dict, out: Path) -> list[Path]:
         plt.close(fig)
         paths.append(p)
     return paths
+
+
+# ----------------------------------------------------------------------------- demo
+
+
+def format_demo(rows: list[dict]) -> str:
+    """The demo's tables: per pixel kind, vaecompress and every rival on the same images, best first."""
+    lines = [f"vaecompress demo: {rows[0]['n_images']} bundled MNIST test images (28x28), "
+             "bits-back ANS with bundled VAEs, decoded and verified", ""]
+    head = f"{'codec':<40} {'bytes':>9} {'bpd':>8}  notes"
+    for r in rows:
+        kind = "binary (thresholded at 128)" if r["pixel_kind"] == "binary" else "8-bit"
+        lines += [f"[{r['pixel_kind']}] {kind}; JPEG-XL effort {r['jpegxl_effort']}", head, "-" * len(head)]
+        ours = (f"{'vaecompress ' + r['model']:<40} {r['bytes']:>9,} {r['actual_bpd']:>8.4f}  "
+                f"-ELBO {r['neg_elbo_bpd']:.4f} bpd, {r['chains']} chains, "
+                f"{r['encode_images_per_second']:,.0f}/{r['decode_images_per_second']:,.0f} img/s enc/dec, "
+                f"{'pixel-exact' if r['verified'] else 'MISMATCH'}")
+        measured = [c for c in r["rivals"] if c.get("bpd") is not None]
+        table = [(r["actual_bpd"], ours)] + [
+            (c["bpd"], f"{c['codec'] + ' (' + c['protocol'].replace('_', ' ') + ', ' + c['input'] + ')':<40} "
+                       f"{c['total_bytes']:>9,} {c['bpd']:>8.4f}") for c in measured]
+        lines += [line for _, line in sorted(table, key=lambda t: t[0])]
+        lines += [f"{c['codec']:<40} {'-':>9} {'-':>8}  skipped: {c['skipped']}"
+                  for c in r["rivals"] if c.get("bpd") is None]
+        lines.append("")
+    return "\n".join(lines)

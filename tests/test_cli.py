@@ -193,3 +193,20 @@ def test_train_from_init_pins_the_init_weights_and_resumes(tmp_path, tiny_models
     assert res.exit_code == 0, res.output
     conf = json.loads((tmp_path / "r" / "checkpoints" / "epoch_0002" / "config.json").read_text())
     assert conf["init_weights_sha256"] == sha and conf["epoch"] == 2
+
+
+def test_demo_shows_the_strongest_rivals_on_the_same_images():
+    res = CliRunner().invoke(main, ["demo", "--limit", "12", "--json", "-q"])
+    assert res.exit_code == 0, res.output
+    rows = json.loads(res.output)
+    assert [r["pixel_kind"] for r in rows] == ["binary", "8bit"]
+    for r in rows:
+        assert r["verified"] and r["n_images"] == 12 and r["actual_bits"] == 8 * r["bytes"]
+        got = {(c["codec"], c["protocol"]) for c in r["rivals"] if c["bpd"] is not None}
+        for codec in ("jpegxl", "webp"):
+            assert {(codec, "per_image"), (codec, "mosaic")} <= got
+        assert {("gzip", "stream"), ("bz2", "stream"), ("png", "per_image")} <= got
+        assert all(c["n_images"] == 12 for c in r["rivals"] if c["bpd"] is not None)
+    from vaecompress_cli.render import format_demo
+    text = format_demo(rows)
+    assert "jpegxl (mosaic" in text and "webp (per image" in text and "vaecompress mnist-ctx" in text
