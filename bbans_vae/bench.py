@@ -24,7 +24,7 @@ import datetime as _dt
 import os
 import platform
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
@@ -247,6 +247,97 @@ def _code_files(m: _Model, images: np.ndarray, nelbo_bits: np.ndarray, protocol:
 # ----------------------------------------------------------------------------- the run
 
 
+@dataclass
+class _Plan:
+    """The bench as a list of steps (one closure each, so progress knows the total) and what
+    the steps fill in: images and -ELBOs per dataset, result rows, sweep and curves."""
+
+    specs: dict
+    limit: int | None
+    codecs: list | None
+    jxl_effort: int
+    single_images: int
+    curve_sizes: Sequence[int]
+    latent_bits: int
+    data_dir: str | None
+    refine_steps: list[int]
+    steps: list = field(default_factory=list)
+    images: dict = field(default_factory=dict)
+    nelbo: dict = field(default_factory=dict)
+    datasets: dict = field(default_factory=dict)
+
+    def add(self, text: str, fn: Callable[[], None]) -> None:
+        self.steps.append((text, fn))
+
+    def run(self, progress: Progress | None) -> None:
+        for i, (text, fn) in enumerate(self.steps):
+            if progress:
+                progress(i, len(self.steps), text)
+            fn()
+        if progress:
+            progress(len(self.steps), len(self.steps), "done")
+
+    # -- steps
+    def load(self, d: str, fits: list[_Model]) -> None:
+        spec = self.specs[d]
+        x = load_dataset(d, SPLIT, self.data_dir)
+        total = len(x)
+        x = np.ascontiguousarray(x[:self.limit]) if self.limit else x
+        self.images[d] = x
+        self.datasets[d] = {"dataset": d, "description": spec.description, "pixel_kind": spec.pixel_kind,
+                            "split": SPLIT, "n_images": len(x), "split_size": total,
+                            "selection": f"first {len(x)} of {total} {SPLIT} images" if len(x) < total
+                            else f"all {total} {SPLIT} images",
+                            "models": [m.name for m in fits], "rows": []}
+
+    def classical(self, d: str) -> None:
+        rows = baselines.measure(self.images[d], binary=self.specs[d].pixel_kind == "binary",
+                                 codecs=self.codecs, effort=self.jxl_effort)
+        for r in rows:
+            r["ours"] = False
+        self.datasets[d]["rows"].extend(rows)
+
+    def neg_elbo(self, d: str, m: _Model) -> None:
+        self.nelbo[(d, m.name)] = dataset_neg_elbo_bits(m.model, self.images[d])
+
+    def code(self, d: str, m: _Model, proto: str, n_refine: int) -> None:
+        x, nb, lb = self.images[d], self.nelbo[(d, m.name)], self.latent_bits
+        if proto == "chunks100":
+            row = _code_files(m, x, nb, proto, CHUNK_IMAGES, 1, lb)
+        elif proto == "single":
+            k = min(self.single_images, len(x))
+            row = _code_files(m, x[:k], nb, proto, 1, 1, lb)
+            if k < len(x):
+                row["subset"] = f"first {k} images"
+        else:                                                          # all, all+refineK
+            row = _code_files(m, x, nb, proto, len(x), None, lb, refine_steps=n_refine)
+        self.datasets[d]["rows"].append(row)
+
+    def sweep_row(self, sweep: dict, m: _Model, d: str, chains: int) -> None:
+        x = self.images[d]
+        row = _code_files(m, x, self.nelbo[(d, m.name)], "all", len(x), chains, self.latent_bits)
+        row["chains_requested"] = chains
+        sweep["rows"].append(row)
+        sweep["n_images"] = len(x)
+
+    def curve(self, curve: dict, m: _Model, d: str) -> None:
+        x = self.images[d]
+        sizes = sorted({min(int(n), len(x)) for n in self.curve_sizes} | ({len(x)} if self.curve_sizes else set()))
+        all_row = next((r for r in self.datasets[d]["rows"]
+                        if r.get("ours") and r["model"] == m.name and r["protocol"] == "all"), None)
+        for n in (n for n in sizes if n <= len(x)):
+            if n == len(x) and all_row is not None:
+                row = all_row
+            else:
+                row = _code_files(m, x[:n], self.nelbo[(d, m.name)], "all", n, None, self.latent_bits,
+                                  with_forward=False)
+            curve["points"].append({k: row.get(k) for k in CURVE_KEYS})
+
+
+CURVE_KEYS = ("n_images", "chains", "total_bytes", "actual_bpd", "neg_elbo_bpd", "ideal_bpd", "initial_bits",
+              "initial_bpd", "container_bits", "container_bpd", "lossless_verified")
+
+
 def run_bench(datasets: Sequence[str] = DATASETS, models: Sequence[str] | None = None, limit: int | None = None,
               chains_list: Sequence[int] = CHAINS_SWEEP, classical: bool = True, effort: int | None = None,
               progress: Progress | None = None, *, codecs: Iterable[str] | None = None,
@@ -275,138 +366,59 @@ def run_bench(datasets: Sequence[str] = DATASETS, models: Sequence[str] | None =
     refine_steps = sorted({int(k) for k in refine_steps})
     if any(not 1 <= k <= 1000 for k in refine_steps):
         raise VaeCompressError("refinement steps must be in 1..1000")
-    jxl_effort = baselines.default_jxl_effort() if effort is None else int(effort)
+    plan = _Plan(specs, limit, None if codecs is None else list(codecs),
+                 baselines.default_jxl_effort() if effort is None else int(effort), single_images, curve_sizes,
+                 latent_bits, data_dir, refine_steps)
     loaded = _load_models(models)
-    notes: list[str] = []
     only = "classical codecs only" if classical else "nothing measured (--no-classical)"
-    if not loaded:
-        notes.append(f"no models were given and none are bundled: {only}" if models is None
-                     else f"no models given: {only}")
-    for m in loaded:
-        if not any(m.fits(s) for s in specs.values()):
-            notes.append(f"model {m.name} ({m.model.cfg.pixel_kind} {m.model.cfg.image_shape}) fits none of the "
-                         "benchmarked datasets")
-
-    # the plan: one closure per step, so progress knows the total
-    state: dict = {"images": {}, "nelbo": {}}
-    result_ds: dict[str, dict] = {}
-    steps: list[tuple[str, Callable[[], None]]] = []
-
-    def add(text, fn):
-        steps.append((text, fn))
+    notes = _model_notes(loaded, models, specs, only)
 
     for d in datasets:
-        spec = specs[d]
-        fits = [m for m in loaded if m.fits(spec)]
-
-        def load(d=d, spec=spec, fits=fits):
-            x = load_dataset(d, SPLIT, data_dir)
-            total = len(x)
-            x = np.ascontiguousarray(x[:limit]) if limit else x
-            state["images"][d] = x
-            result_ds[d] = {"dataset": d, "description": spec.description, "pixel_kind": spec.pixel_kind,
-                            "split": SPLIT, "n_images": len(x), "split_size": total,
-                            "selection": f"first {len(x)} of {total} {SPLIT} images" if len(x) < total
-                            else f"all {total} {SPLIT} images",
-                            "models": [m.name for m in fits], "rows": []}
-        add(f"{d}: load", load)
+        fits = [m for m in loaded if m.fits(specs[d])]
+        plan.add(f"{d}: load", lambda d=d, fits=fits: plan.load(d, fits))
         if classical:
-            def run_classical(d=d, spec=spec):
-                rows = baselines.measure(state["images"][d], binary=spec.pixel_kind == "binary",
-                                         codecs=None if codecs is None else list(codecs), effort=jxl_effort)
-                for r in rows:
-                    r["ours"] = False
-                result_ds[d]["rows"].extend(rows)
-            add(f"{d}: classical codecs", run_classical)
+            plan.add(f"{d}: classical codecs", lambda d=d: plan.classical(d))
         for m in fits:
-            def nelbo(d=d, m=m):
-                state["nelbo"][(d, m.name)] = dataset_neg_elbo_bits(m.model, state["images"][d])
-            add(f"{d}: {m.name} -ELBO", nelbo)
+            plan.add(f"{d}: {m.name} -ELBO", lambda d=d, m=m: plan.neg_elbo(d, m))
             # the plain protocols, then `all` once per refinement setting
-            runs = [(p, 0) for p in BBANS_PROTOCOLS] + [(refine_protocol(k), k) for k in refine_steps]
-            for proto, n_refine in runs:
-                def code(d=d, m=m, proto=proto, n_refine=n_refine):
-                    x = state["images"][d]
-                    nb = state["nelbo"][(d, m.name)]
-                    if proto == "chunks100":
-                        row = _code_files(m, x, nb, proto, CHUNK_IMAGES, 1, latent_bits)
-                    elif proto == "single":
-                        k = min(single_images, len(x))
-                        row = _code_files(m, x[:k], nb, proto, 1, 1, latent_bits)
-                        if k < len(x):
-                            row["subset"] = f"first {k} images"
-                    else:                                              # all, all+refineK
-                        row = _code_files(m, x, nb, proto, len(x), None, latent_bits, refine_steps=n_refine)
-                    result_ds[d]["rows"].append(row)
-                add(f"{d}: {m.name} BB-ANS {proto}", code)
+            for proto, k in [(p, 0) for p in BBANS_PROTOCOLS] + [(refine_protocol(k), k) for k in refine_steps]:
+                plan.add(f"{d}: {m.name} BB-ANS {proto}", lambda d=d, m=m, p=proto, k=k: plan.code(d, m, p, k))
 
-    # speed sweep
-    sweep_pick = _pick_sweep(loaded, specs, sweep_model)
     sweep: dict | None = None
+    sweep_pick = _pick_sweep(loaded, specs, sweep_model)
     if sweep_pick is not None and chains_list:
         sm, sd = sweep_pick
         sweep = {"model": sm.name, "dataset": sd, "rows": []}
-
         for c in chains_list:
-            def run_sweep(c=int(c), sm=sm, sd=sd):
-                x = state["images"][sd]
-                row = _code_files(sm, x, state["nelbo"][(sd, sm.name)], "all", len(x), c, latent_bits)
-                row["chains_requested"] = c
-                sweep["rows"].append(row)
-                sweep["n_images"] = len(x)
-            add(f"speed sweep: {sm.name} on {sd}, {c} chains", run_sweep)
+            plan.add(f"speed sweep: {sm.name} on {sd}, {c} chains",
+                     lambda c=int(c): plan.sweep_row(sweep, sm, sd, c))
     elif loaded and chains_list:
         notes.append("speed sweep skipped: no model fits a benchmarked dataset")
 
-    # rate vs number of images
     curves: list[dict] = []
     for m in loaded:
         cd = _curve_dataset(m, specs)
-        if cd is None:
-            continue
-        curve = {"model": m.name, "dataset": cd, "points": []}
-        curves.append(curve)
+        if cd is not None:
+            curves.append({"model": m.name, "dataset": cd, "points": []})
+            plan.add(f"rate curve: {m.name} on {cd}", lambda m=m, cd=cd, c=curves[-1]: plan.curve(c, m, cd))
 
-        def run_curve(m=m, cd=cd, curve=curve):
-            x = state["images"][cd]
-            sizes = sorted({min(int(n), len(x)) for n in curve_sizes} | ({len(x)} if curve_sizes else set()))
-            sizes = [n for n in sizes if n <= len(x)]
-            all_row = next((r for r in result_ds[cd]["rows"]
-                            if r.get("ours") and r["model"] == m.name and r["protocol"] == "all"), None)
-            for n in sizes:
-                if n == len(x) and all_row is not None:
-                    row = all_row
-                else:
-                    row = _code_files(m, x[:n], state["nelbo"][(cd, m.name)], "all", n, None, latent_bits,
-                                      with_forward=False)
-                curve["points"].append({k: row.get(k) for k in (
-                    "n_images", "chains", "total_bytes", "actual_bpd", "neg_elbo_bpd", "ideal_bpd", "initial_bits",
-                    "initial_bpd", "container_bits", "container_bpd", "lossless_verified")})
-        add(f"rate curve: {m.name} on {cd}", run_curve)
-
-    for i, (text, fn) in enumerate(steps):
-        if progress:
-            progress(i, len(steps), text)
-        fn()
-    if progress:
-        progress(len(steps), len(steps), "done")
-
+    plan.run(progress)
     for d in datasets:
-        rd = result_ds[d]
+        rd = plan.datasets[d]
         rd["best_classical"] = _summary(_best([r for r in rd["rows"] if not r.get("ours")]))
         rd["best_ours"] = _summary(_best([r for r in rd["rows"] if r.get("ours") and not r.get("subset")]))
         if not rd["models"]:
             notes.append(f"{d}: no model fits this dataset ({rd['pixel_kind']} pixels): {only}")
-    all_rows = [r for d in result_ds.values() for r in d["rows"] if not r.get("skipped")]
+    all_rows = [r for d in plan.datasets.values() for r in d["rows"] if not r.get("skipped")]
     all_rows += (sweep or {}).get("rows", []) + [p for c in curves for p in c["points"]]
-    result = {
+    return {
         "format": FORMAT,
         "command": command or "bbans_vae.bench.run_bench (Python API)",
         "date_utc": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
         "machine": _machine(),
         "versions": _versions(),
         "settings": {"datasets": datasets, "split": SPLIT, "limit": limit, "classical": classical,
-                     "codecs": None if codecs is None else list(codecs), "jpegxl_effort": jxl_effort,
+                     "codecs": plan.codecs, "jpegxl_effort": plan.jxl_effort,
                      "chains_sweep": [int(c) for c in chains_list], "chunk_images": CHUNK_IMAGES,
                      "single_images": single_images, "curve_sizes": [int(n) for n in curve_sizes],
                      "latent_bits": latent_bits, "refine_steps": refine_steps,
@@ -414,16 +426,28 @@ def run_bench(datasets: Sequence[str] = DATASETS, models: Sequence[str] | None =
         "protocols": {**{k: v.format(single=single_images) for k, v in PROTOCOLS.items()},
                       **{refine_protocol(k): refine_protocol_text(k) for k in refine_steps}},
         "models": [m.info() for m in loaded],
-        "codecs": baselines.codec_table(jxl_effort) if classical else [],
-        "datasets": result_ds,
+        "codecs": baselines.codec_table(plan.jxl_effort) if classical else [],
+        "datasets": plan.datasets,
         "speed_sweep": sweep,
         "rate_curves": curves,
-        "headline": headline(result_ds),
+        "headline": headline(plan.datasets),
         "all_verified": all(r.get("lossless_verified", True) for r in all_rows),
         "notes": notes,
         "elapsed_seconds": time.perf_counter() - t_start,
     }
-    return result
+
+
+def _model_notes(loaded: list[_Model], models: Sequence[str] | None, specs: dict, only: str) -> list[str]:
+    """Notes for the result: no models at all, or models that fit no benchmarked dataset."""
+    notes = []
+    if not loaded:
+        notes.append(f"no models were given and none are bundled: {only}" if models is None
+                     else f"no models given: {only}")
+    for m in loaded:
+        if not any(m.fits(s) for s in specs.values()):
+            notes.append(f"model {m.name} ({m.model.cfg.pixel_kind} {m.model.cfg.image_shape}) fits none of the "
+                         "benchmarked datasets")
+    return notes
 
 
 def _pick_sweep(loaded: list[_Model], specs: dict, name: str | None):
