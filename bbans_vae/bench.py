@@ -37,6 +37,7 @@ from .ans.chains import DEFAULT_LATENT_BITS, ChainLayout, single_thread
 from .pipeline import compress, decompress, default_chains
 from .data import dataset_spec, load_dataset
 from .errors import VaeCompressError
+from .evaluate import fits
 from .models import VAE, count_parameters
 from .objectives import dataset_neg_elbo_bits
 
@@ -151,8 +152,7 @@ class _Model:
                 "test_neg_elbo_bpd": (self.config.get("metrics") or {}).get("test_neg_elbo_bpd")}
 
     def fits(self, spec) -> bool:
-        c = self.model.cfg
-        return c.pixel_kind == spec.pixel_kind and tuple(c.image_shape) == tuple(spec.image_shape)
+        return fits(self.model.cfg, spec)
 
 
 def _load_models(refs: Sequence[str] | None) -> list[_Model]:

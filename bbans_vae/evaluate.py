@@ -1,15 +1,20 @@
 """Evaluating a model on a dataset split: -ELBO and IWAE in bits per dimension."""
 from __future__ import annotations
 
-from .data import dataset_spec, load_dataset
+from .data import DatasetSpec, dataset_spec, load_dataset
 from .errors import ModelError
-from .models import VAE
+from .models import VAE, ModelConfig
 from .objectives import dataset_iwae_bits, dataset_neg_elbo_bits
+
+
+def fits(cfg: ModelConfig, spec: DatasetSpec) -> bool:
+    """Whether a model codes a dataset's images: same pixel kind and image shape."""
+    return cfg.pixel_kind == spec.pixel_kind and tuple(cfg.image_shape) == tuple(spec.image_shape)
 
 
 def check_compatible(model: VAE, dataset: str) -> None:
     spec = dataset_spec(dataset)
-    if spec.pixel_kind != model.cfg.pixel_kind or tuple(spec.image_shape) != tuple(model.cfg.image_shape):
+    if not fits(model.cfg, spec):
         raise ModelError(f"model codes {model.cfg.pixel_kind} {model.cfg.image_shape} images; dataset "
                          f"{dataset} is {spec.pixel_kind} {tuple(spec.image_shape)}")
 
