@@ -139,3 +139,15 @@ def test_every_number_info_prints(tiny_ckpt, binary, tmp_path):
     for key, value in expected.items():
         assert printed[key] == str(value), key
     assert 1 <= len(header.plain_images) <= 4 and 0 < payload <= 32 * sum(header.chain_words)
+
+
+def test_cli_decode_finds_the_model_like_the_api(tiny_ckpt, binary, tmp_path, monkeypatch):
+    monkeypatch.delenv("VAECOMPRESS_MODELS", raising=False)
+    vae = tmp_path / "x.vae"
+    vae.write_bytes(bv.load(tiny_ckpt).compress(binary, chains=2))
+    res = CliRunner().invoke(main, ["decode", str(vae), "-o", str(tmp_path / "a"), "--format", "npy"])
+    assert res.exit_code != 0 and "Traceback" not in res.output
+    assert res.output.startswith("vaecompress: error: ") and "VAECOMPRESS_MODELS" in res.output
+    monkeypatch.setenv("VAECOMPRESS_MODELS", str(tiny_ckpt.parent))
+    cli("decode", vae, "-o", tmp_path / "b", "--format", "npy", "-q")
+    assert np.array_equal(np.load(tmp_path / "b" / "images.npy"), binary)
