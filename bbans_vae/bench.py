@@ -35,7 +35,7 @@ from . import baselines
 from .checkpoint import bundled_models, load_model
 from .ans.chains import DEFAULT_LATENT_BITS, ChainLayout, single_thread
 from .pipeline import compress, decompress, default_chains
-from .data import dataset_spec, load_dataset
+from .data import open_dataset
 from .errors import VaeCompressError
 from .evaluate import fits
 from .models import VAE, count_parameters
@@ -280,14 +280,15 @@ class _Plan:
     # -- steps
     def load(self, d: str, fits: list[_Model]) -> None:
         spec = self.specs[d]
-        x = load_dataset(d, SPLIT, self.data_dir)
+        split = spec.eval_split                      # built-in datasets: "test"; a path: all its images
+        x = spec.images(split)
         total = len(x)
         x = np.ascontiguousarray(x[:self.limit]) if self.limit else x
         self.images[d] = x
         self.datasets[d] = {"dataset": d, "description": spec.description, "pixel_kind": spec.pixel_kind,
-                            "split": SPLIT, "n_images": len(x), "split_size": total,
-                            "selection": f"first {len(x)} of {total} {SPLIT} images" if len(x) < total
-                            else f"all {total} {SPLIT} images",
+                            "split": split, "n_images": len(x), "split_size": total,
+                            "selection": f"first {len(x)} of {total} {split} images" if len(x) < total
+                            else f"all {total} {split} images",
                             "models": [m.name for m in fits], "rows": []}
 
     def classical(self, d: str) -> None:
@@ -344,10 +345,11 @@ def run_bench(datasets: Sequence[str] = DATASETS, models: Sequence[str] | None =
               single_images: int = SINGLE_IMAGES, curve_sizes: Sequence[int] = CURVE_SIZES,
               latent_bits: int = DEFAULT_LATENT_BITS, data_dir: str | None = None,
               command: str | None = None, sweep_model: str | None = None,
-              refine_steps: Sequence[int] = ()) -> dict:
+              refine_steps: Sequence[int] = (), pixels: str | None = None) -> dict:
     """Benchmark BB-ANS and classical codecs; returns the result dict (see module docstring).
 
-    datasets: dataset names (test split each). models: model references (bundled names or
+    datasets: dataset names (test split each) or paths (all their images; `pixels` as in
+      `data.open_dataset`). models: model references (bundled names or
       checkpoint directories); None = every bundled model; [] = none (classical only).
     limit: only the first `limit` test images of each dataset. chains_list: the speed sweep.
     classical: run `baselines.measure`; codecs: restrict it to these registry names.
@@ -358,7 +360,8 @@ def run_bench(datasets: Sequence[str] = DATASETS, models: Sequence[str] | None =
     """
     t_start = time.perf_counter()
     datasets = list(dict.fromkeys(datasets))
-    specs = {d: dataset_spec(d) for d in datasets}          # unknown names fail before any work
+    # unknown names and bad paths fail before any work; a path's images are all benchmarked
+    specs = {d: open_dataset(d, pixels=pixels, data_root=data_dir) for d in datasets}
     if limit is not None and limit < 1:
         raise VaeCompressError("--limit must be at least 1")
     if any(int(c) < 1 for c in chains_list):

@@ -9,6 +9,10 @@ published checksum before use (the result is cached in-process, keyed by path, s
 mtime). `read_idx` is the strict IDX reader also used for user-supplied IDX inputs.
 Nothing here prints; user-caused problems raise `DataError` with a one-line message.
 
+Wherever a dataset name is accepted, a path works too: `open_dataset` returns a `Dataset` for
+a built-in name or for the images under a path (a folder of PNGs, .npy/.npz, IDX; see
+`userdata`), and `run_dataset` finds a run's data again from what the run recorded.
+
 Data root: `--data-dir`, else `$VAECOMPRESS_DATA`, else `~/.cache/vaecompress/data`
 (`resolve_data_root`). Files use torchvision's on-disk layout, so a root can be shared with
 torchvision:
@@ -59,14 +63,17 @@ from bbans_vae.errors import DataError
 __all__ = [
     "DATASETS",
     "DataFile",
+    "Dataset",
     "DatasetSpec",
     "dataset_names",
     "dataset_spec",
     "download_dataset",
     "load_dataset",
     "load_labels",
+    "open_dataset",
     "read_idx",
     "resolve_data_root",
+    "run_dataset",
     "sample_images",
 ]
 
@@ -587,3 +594,82 @@ def sample_images(limit: int | None = None) -> np.ndarray:
     with np.load(SAMPLES, allow_pickle=False) as f:
         images = f["images"]
     return images[:limit] if limit else images
+
+
+# ---------------------------------------------------------------------------------------------
+# One entry point: a built-in name or a path
+
+
+@dataclass
+class Dataset:
+    """A dataset resolved from a built-in name or a path: what `train`, `eval`, `gaps` and
+    `bench` read. `images(split)` is (N, H, W) uint8 for gray, (N, H, W, 3) for colour,
+    {0, 1} for binary pixels. `record` is None for built-in datasets (the name says it all) and
+    the JSON record of `userdata.path_dataset` for paths (stored with a run)."""
+
+    name: str
+    description: str
+    pixel_kind: str
+    image_shape: tuple            # (H, W) gray, (H, W, C) colour
+    splits: tuple[str, ...]
+    record: dict | None = None
+    arrays: dict | None = None    # path datasets: the images by split
+    data_root: str | os.PathLike | None = None
+
+    @property
+    def eval_split(self) -> str:
+        """The split `eval` and `bench` use by default: "test", else all images."""
+        return "test" if "test" in self.splits else "all"
+
+    def images(self, split: str) -> np.ndarray:
+        if split not in self.splits:
+            raise DataError(f"dataset {self.name!r} has no split {split!r}; choose one of: "
+                            + ", ".join(self.splits))
+        if self.arrays is None:
+            return load_dataset(self.name, split, self.data_root)
+        return self.arrays[split]
+
+
+def _from_arrays(arrays: dict, record: dict) -> Dataset:
+    shape = tuple(record["image_shape"])
+    shape = shape[:2] if shape[2] == 1 else shape
+    split = record["split"]["method"]
+    text = {"none": "all images", "holdout": f"test: seeded holdout {record['split'].get('fraction')}",
+            "test-path": f"test: {record['split'].get('test', {}).get('path')}"}[split]
+    desc = (f"{record['n_images']} images {'x'.join(map(str, shape))} from {record['path']} "
+            f"({record['kind']}), {record['pixels']} pixels, {text}")
+    return Dataset(name=record["path"], description=desc, pixel_kind=record["pixels"], image_shape=shape,
+                   splits=tuple(s for s in ("train", "test", "all") if s in arrays), record=record,
+                   arrays=arrays)
+
+
+def open_dataset(ref: str, *, test: str | None = None, holdout: float | None = None,
+                 pixels: str | None = None, seed: int = 0,
+                 data_root: str | os.PathLike | None = None) -> Dataset:
+    """A built-in dataset by name, or the images under a path (see `userdata`): a folder of
+    PNGs, a .npy/.npz array or an IDX file. `test`, `holdout` and `pixels` apply to paths only."""
+    from . import userdata
+    if isinstance(ref, str) and ref in DATASETS:
+        if test is not None or holdout is not None or pixels not in (None, "auto"):
+            raise DataError(f"--test, --holdout and --pixels apply to datasets from paths; {ref!r} is a "
+                            "built-in dataset with fixed splits and pixels")
+        spec = DATASETS[ref]
+        return Dataset(ref, spec.description, spec.pixel_kind, spec.image_shape, spec.splits,
+                       data_root=data_root)
+    if not os.path.exists(ref):
+        raise DataError(f"unknown dataset {ref!r}: not a path, nor one of: " + ", ".join(DATASETS))
+    arrays, record = userdata.path_dataset(ref, test=test, holdout=holdout, pixels=pixels, seed=seed)
+    return _from_arrays(arrays, record)
+
+
+def run_dataset(config: dict, data_root: str | os.PathLike | None = None) -> Dataset:
+    """The dataset a run or checkpoint `config` was trained on: its data record (the same images,
+    checked by sha256) or its built-in dataset name."""
+    from . import userdata
+    if config.get("data"):
+        record = config["data"]
+        return _from_arrays(userdata.dataset_from_record(record), record)
+    name = config.get("dataset")
+    if not name:
+        raise DataError("the model does not record its dataset; pass --dataset")
+    return open_dataset(name, data_root=data_root)

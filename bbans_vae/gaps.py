@@ -51,7 +51,7 @@ import torch
 
 from .checkpoint import CONFIG, load_checkpoint, read_config, write_json_atomic
 from .ans.chains import DEFAULT_LATENT_BITS, encode_images
-from .data import load_dataset
+from .data import run_dataset
 from .errors import ModelError, VaeCompressError
 from .models import VAE, preset_config
 from .objectives import iwae_bits, neg_elbo_bits
@@ -150,22 +150,23 @@ def run_images(run_dir: Path, config: dict, cfg: GapsConfig, data_dir=None) -> t
     """The run's training images (its train subset, or a seeded subset of it) and the test images."""
     run_json = Path(run_dir) / "run.json"
     run = json.loads(run_json.read_text()) if run_json.is_file() else {}
-    dataset = config.get("dataset") or run.get("dataset")
-    if not dataset:
+    if not (config.get("dataset") or run.get("dataset")):
         raise ModelError(f"{run_dir}: the checkpoints do not record their dataset")
     data_dir = data_dir if data_dir is not None else run.get("data_dir")
+    ds = run_dataset(config if config.get("dataset") else run, data_dir)   # a path's data: sha256-checked
+    dataset = ds.name
     sub = config.get("train_subset") or {}
     seed = int(sub.get("seed", run.get("seed", 0)))
     full = bool(sub.get("full", run.get("train_size") is None))
     size = None if full else int(sub.get("size", run.get("train_size")))
-    all_train = load_dataset(dataset, "train", data_dir)
+    all_train = ds.images("train")
     train_idx = train_subset_indices(len(all_train), size, seed)
     n_train_subset = len(train_idx)
     eval_pick = None
     if n_train_subset > cfg.train_eval_size:
         eval_pick = np.sort(np.random.RandomState(cfg.seed).permutation(n_train_subset)[:cfg.train_eval_size])
         train_idx = train_idx[eval_pick]
-    test = load_dataset(dataset, "test", data_dir)
+    test = ds.images("test")
     n_test_split = len(test)
     if cfg.max_test is not None:
         test = test[:cfg.max_test]

@@ -24,7 +24,7 @@ import torch
 from safetensors.torch import load_file
 
 from .checkpoint import (CONFIG, load_checkpoint, save_checkpoint, save_tensors_atomic, write_json_atomic)
-from .data import dataset_spec, load_dataset
+from .data import Dataset, run_dataset
 from .errors import ModelError, VaeCompressError
 from .models import VAE, ModelConfig, build_model
 from .objectives import dataset_neg_elbo_bits, neg_elbo_bits, reverse_half_asleep_objective
@@ -44,6 +44,7 @@ class TrainArgs:
     data_dir: str | None = None
     init: str | None = None         # start from this checkpoint's weights (model reference)
     objective: str = "elbo"         # see OBJECTIVES
+    data: dict | None = None        # a dataset from a path: its record (data.open_dataset); None: built-in
 
 
 OBJECTIVES = {
@@ -64,6 +65,12 @@ def _loss_fn(objective: str):
     raise VaeCompressError(f"unknown objective {objective!r}; choose one of: {', '.join(OBJECTIVES)}")
 
 
+def _data_summary(record: dict | None) -> str:
+    if not record:
+        return "a built-in dataset"
+    return f"{record.get('path')}, {record.get('n_images')} images, sha256 {str(record.get('sha256'))[:16]}..."
+
+
 def train_subset_indices(n_total: int, train_size: int | None, seed: int) -> np.ndarray:
     if train_size is None or train_size >= n_total:
         return np.arange(n_total)
@@ -72,8 +79,9 @@ def train_subset_indices(n_total: int, train_size: int | None, seed: int) -> np.
     return np.sort(np.random.RandomState(seed).permutation(n_total)[:train_size])
 
 
-def load_train_images(args: TrainArgs) -> np.ndarray:
-    images = load_dataset(args.dataset, "train", args.data_dir)
+def load_train_images(args: TrainArgs, dataset: Dataset | None = None) -> np.ndarray:
+    ds = dataset or run_dataset(asdict(args), args.data_dir)
+    images = ds.images("train")
     return images[train_subset_indices(len(images), args.train_size, args.seed)]
 
 
@@ -104,8 +112,10 @@ def pick_device(device: str) -> str:
 
 def train(run_dir: Path, args: TrainArgs, device: str = "cpu", meta: dict | None = None,
           on_batch: Callable[[float], None] | None = None,
-          on_epoch: Callable[[dict], None] | None = None) -> Path:
+          on_epoch: Callable[[dict], None] | None = None, dataset: Dataset | None = None) -> Path:
     """Train (or resume) into run_dir; returns the last checkpoint directory.
+
+    `dataset`: `args.dataset` already opened (`data.open_dataset`); else it is opened from `args`.
 
     With `args.init`, training starts from that checkpoint's weights; with an encoder-only
     `args.objective`, the decoder is frozen and only the encoder is optimised.
@@ -115,8 +125,11 @@ def train(run_dir: Path, args: TrainArgs, device: str = "cpu", meta: dict | None
     run_json = run_dir / "run.json"
     if run_json.exists():
         saved = json.loads(run_json.read_text())
-        for key in ("dataset", "model", "batch_size", "lr", "seed", "train_size", "init", "objective"):
+        for key in ("dataset", "data", "model", "batch_size", "lr", "seed", "train_size", "init", "objective"):
             if saved.get(key) != asdict(args).get(key):
+                if key == "data":
+                    raise VaeCompressError(f"{run_dir} was started on other data ({_data_summary(saved.get(key))}) "
+                                           f"than now ({_data_summary(args.data)}); use a new --out directory")
                 raise VaeCompressError(f"{run_dir} was started with {key}={saved.get(key)!r}, "
                                        f"not {asdict(args).get(key)!r}; use a new --out directory")
         saved["epochs"] = args.epochs
@@ -126,12 +139,13 @@ def train(run_dir: Path, args: TrainArgs, device: str = "cpu", meta: dict | None
         run_record = {**asdict(args), **(meta or {})}
     write_json_atomic(run_json, run_record)
 
-    spec = dataset_spec(args.dataset)
+    ds = dataset or run_dataset(asdict(args), args.data_dir)
     cfg = ModelConfig.from_dict(args.model)
-    if cfg.pixel_kind != spec.pixel_kind:
-        raise ModelError(f"architecture codes {cfg.pixel_kind} pixels but dataset {args.dataset} is {spec.pixel_kind}")
-    train_x = torch.from_numpy(load_train_images(args)).to(device)
-    test_x = load_dataset(args.dataset, "test", args.data_dir)
+    if cfg.pixel_kind != ds.pixel_kind or tuple(cfg.image_shape) != tuple(ds.image_shape):
+        raise ModelError(f"architecture codes {cfg.pixel_kind} {cfg.image_shape} images but dataset "
+                         f"{args.dataset} is {ds.pixel_kind} {ds.image_shape}")
+    train_x = torch.from_numpy(load_train_images(args, ds)).to(device)
+    test_x = ds.images("test")
 
     loss_fn = _loss_fn(args.objective)
     encoder_only = args.objective != "elbo"
@@ -172,7 +186,8 @@ def train(run_dir: Path, args: TrainArgs, device: str = "cpu", meta: dict | None
                          json.loads((resume / "optimizer.json").read_text()))
         start_epoch = int(rconf["epoch"]) + 1
 
-    base_meta = {**(meta or {}), "dataset": args.dataset, "seed": args.seed,
+    base_meta = {**(meta or {}), "dataset": args.dataset, **({"data": args.data} if args.data else {}),
+                 "seed": args.seed,
                  "train_subset": {"size": int(len(train_x)), "seed": args.seed,
                                   "full": args.train_size is None},
                  "batch_size": args.batch_size, "lr": args.lr, "objective": args.objective,

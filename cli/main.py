@@ -99,7 +99,15 @@ quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress bar
 
 
 @main.command(context_settings=CONTEXT)
-@click.option("--dataset", "-d", required=True, help="mnist-bin, mnist-bin-stoch, binarized-mnist, mnist, fashion-mnist.")
+@click.option("--dataset", "-d", required=True,
+              help="mnist-bin, mnist-bin-stoch, binarized-mnist, mnist, fashion-mnist, or a path: a folder of "
+                   "PNGs (recursive), a .npy/.npz array (N,H,W) uint8, or an IDX file.")
+@click.option("--test", "test_path", type=click.Path(exists=True), default=None,
+              help="Path dataset: the test images (same kinds as --dataset).")
+@click.option("--holdout", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
+              help="Path dataset: hold out this fraction as test images, chosen by --seed.  [default: 0.1]")
+@click.option("--pixels", type=click.Choice(["auto", "binary", "8bit"]), default="auto", show_default=True,
+              help="Path dataset: auto = binary if every value is 0/1 or 0/255, else 8-bit; binary thresholds at 128.")
 @click.option("--model", "-m", "arch", required=True,
               help="Architecture preset (see `vaecompress models --presets`), or from-init with --init.")
 @click.option("--epochs", "-e", type=click.IntRange(1), required=True)
@@ -121,8 +129,8 @@ quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress bar
                    "model from the prior (reverse-half-asleep) or by reconstruction (-recon).")
 @data_dir_option
 @quiet_option
-def train(dataset, arch, epochs, run_dir, batch_size, lr, seed, train_size, save_every, latent_dim, hidden,
-          device, init_ref, objective, data_dir, quiet):
+def train(dataset, test_path, holdout, pixels, arch, epochs, run_dir, batch_size, lr, seed, train_size, save_every,
+          latent_dim, hidden, device, init_ref, objective, data_dir, quiet):
     """Train a VAE on a dataset; checkpoints go to RUN_DIR/checkpoints/epoch_NNNN/.
 
     \b
@@ -131,27 +139,37 @@ def train(dataset, arch, epochs, run_dir, batch_size, lr, seed, train_size, save
       vaecompress train -d mnist-bin -m mlp-paper -e 300 --train-size 1000 --save-every 25 -o runs/overfit
       vaecompress train -d mnist-bin -m mlp-paper -e 20 --init mnist-bin-paper \
           --encoder-objective reverse-half-asleep -o runs/paper-rha
+      vaecompress train -d my_pngs/ --holdout 0.1 -m ctx-8bit -e 50 -o runs/mine
+    A path dataset's model takes its image size from the data; the run records the data's path,
+    sha256, shape and split, so `eval` and `gaps` use the same images later.
     Re-running the same command on the same RUN_DIR resumes where it stopped.
     """
     from tqdm import tqdm
-    from bbans_vae.data import dataset_spec
+    from bbans_vae.data import DATASETS, open_dataset
     from bbans_vae.models import preset_config
     from bbans_vae.settings import with_overrides
     from bbans_vae.train import TrainArgs, pick_device, train as run_training
 
-    spec = dataset_spec(dataset)
+    if dataset not in DATASETS and test_path is None and holdout is None:
+        holdout = 0.1
+    spec = open_dataset(dataset, test=test_path, holdout=holdout, pixels=None if pixels == "auto" else pixels,
+                        seed=seed, data_root=data_dir)
+    if len(spec.image_shape) != 2:
+        raise VaeCompressError(f"{dataset} holds colour images {'x'.join(map(str, spec.image_shape))} (HxWxC); "
+                               "the models code 1-channel (gray) images only, so far")
     if init_ref is not None and arch == "from-init":
         from bbans_vae.checkpoint import load_model
         cfg = load_model(init_ref)[0].cfg
     else:
-        cfg = preset_config(arch)
+        cfg = preset_config(arch, spec.image_shape)
     cfg = with_overrides(cfg, latent_dim=latent_dim, hidden=int_list(hidden, "--hidden"))
     if cfg.pixel_kind != spec.pixel_kind:
-        raise VaeCompressError(f"preset {arch} codes {cfg.pixel_kind} pixels; dataset {dataset} is {spec.pixel_kind}")
+        raise VaeCompressError(f"preset {arch} codes {cfg.pixel_kind} pixels; dataset {dataset} is {spec.pixel_kind}"
+                               + ("" if spec.record is None else " (see --pixels)"))
     dev = pick_device(device)
-    args = TrainArgs(dataset=dataset, model=cfg.to_dict(), epochs=epochs, batch_size=batch_size, lr=lr,
+    args = TrainArgs(dataset=spec.name, model=cfg.to_dict(), epochs=epochs, batch_size=batch_size, lr=lr,
                      seed=seed, train_size=train_size, save_every=save_every, data_dir=data_dir,
-                     init=init_ref, objective=objective)
+                     init=init_ref, objective=objective, data=spec.record)
     import torch
     meta = {"command": command_line(), "git_revision": git_revision(), "preset": arch,
             "hardware": f"{dev}, {os.cpu_count()} cpus, torch {torch.__version__}"}
@@ -165,7 +183,7 @@ def train(dataset, arch, epochs, run_dir, batch_size, lr, seed, train_size, save
             bar.write(f"epoch {rec['epoch']}: train {rec['train_loss_bpd']:.4f} bpd, "
                       f"test -ELBO {rec['test_neg_elbo_bpd']:.4f} bpd", file=sys.stderr)
 
-    last = run_training(Path(run_dir), args, device=dev, meta=meta, on_epoch=on_epoch)
+    last = run_training(Path(run_dir), args, device=dev, meta=meta, on_epoch=on_epoch, dataset=spec)
     bar.close()
     click.echo(f"trained {arch} on {dataset} in {time.time() - t0:.0f} s; checkpoint: {last}")
 
@@ -175,8 +193,15 @@ def train(dataset, arch, epochs, run_dir, batch_size, lr, seed, train_size, save
 
 @main.command("eval", context_settings=CONTEXT)
 @click.argument("model_ref", metavar="MODEL")
-@click.option("--dataset", "-d", default=None, help="Default: the model's training dataset.")
-@click.option("--split", default="test", show_default=True)
+@click.option("--dataset", "-d", default=None,
+              help="A dataset name or path (all its images, unless --test/--holdout). Default: the model's "
+                   "training data (a path's is checked by sha256) and its test split.")
+@click.option("--test", "test_path", type=click.Path(exists=True), default=None, help="Path dataset: its test images.")
+@click.option("--holdout", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
+              help="Path dataset: hold out this fraction as test images, chosen by --seed.")
+@click.option("--pixels", type=click.Choice(["auto", "binary", "8bit"]), default="auto", show_default=True,
+              help="Path dataset: pixel kind (auto: binary if every value is 0/1 or 0/255).")
+@click.option("--split", default=None, help="train, test or all.  [default: test where there is one, else all]")
 @click.option("--limit", type=click.IntRange(1), default=None, help="Only the first N images.")
 @click.option("--iwae", "iwae_k", type=click.IntRange(1), default=None, help="Also estimate -log p(x) with K importance samples.")
 @click.option("--samples", type=click.IntRange(1), default=1, show_default=True, help="MC samples for the -ELBO reconstruction term.")
@@ -184,7 +209,8 @@ def train(dataset, arch, epochs, run_dir, batch_size, lr, seed, train_size, save
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @data_dir_option
 @quiet_option
-def eval_cmd(model_ref, dataset, split, limit, iwae_k, samples, seed, as_json, data_dir, quiet):
+def eval_cmd(model_ref, dataset, test_path, holdout, pixels, split, limit, iwae_k, samples, seed, as_json, data_dir,
+             quiet):
     """Negative ELBO (and IWAE) of MODEL on a dataset split, in bits per dimension.
 
     \b
@@ -194,12 +220,18 @@ def eval_cmd(model_ref, dataset, split, limit, iwae_k, samples, seed, as_json, d
     """
     from bbans_vae.evaluate import evaluate
     from bbans_vae.checkpoint import load_model
+    from bbans_vae.data import open_dataset, run_dataset
     model, config, path = load_model(model_ref)
-    dataset = dataset or config.get("dataset")
-    if not dataset:
-        raise VaeCompressError("the model does not record its dataset; pass --dataset")
-    res = evaluate(model, dataset, split, data_dir=data_dir, limit=limit, iwae_k=iwae_k, n_samples=samples,
-                   seed=seed)
+    if dataset is None and (test_path is not None or holdout is not None or pixels != "auto"):
+        raise VaeCompressError("--test, --holdout and --pixels describe a --dataset path; pass one")
+    if dataset is None:
+        ds = run_dataset(config, data_dir)
+    else:
+        ds = open_dataset(dataset, test=test_path, holdout=holdout, pixels=None if pixels == "auto" else pixels,
+                          seed=seed, data_root=data_dir)
+    split = split or ds.eval_split
+    dataset = ds.name
+    res = evaluate(model, ds, split, limit=limit, iwae_k=iwae_k, n_samples=samples, seed=seed)
     res = {"model": model_ref, "checkpoint": str(path), **res}
     if as_json:
         echo_json(res)
@@ -556,8 +588,11 @@ def gaps(run_dir, refit_epochs, json_out, csv_out, plot_out, quick, iwae_k, loca
 
 @main.command(context_settings=CONTEXT)
 @click.option("--dataset", "-d", "datasets", multiple=True,
-              help="Dataset to benchmark (repeatable). Default: mnist-bin, mnist-bin-stoch, binarized-mnist, "
+              help="Dataset to benchmark (repeatable): a name or a path (a folder of PNGs, .npy/.npz, IDX; all "
+                   "its images are coded). Default: mnist-bin, mnist-bin-stoch, binarized-mnist, "
                    "mnist, fashion-mnist.  [--quick: mnist-bin, mnist]")
+@click.option("--pixels", type=click.Choice(["auto", "binary", "8bit"]), default="auto", show_default=True,
+              help="Path datasets: pixel kind (auto: binary if every value is 0/1 or 0/255).")
 @click.option("--model", "-m", "model_refs", multiple=True,
               help="Bundled model name or checkpoint/run directory (repeatable). Default: every bundled model; "
                    "each is run on every dataset it fits (same pixel kind and image size).")
@@ -579,7 +614,7 @@ def gaps(run_dir, refit_epochs, json_out, csv_out, plot_out, quick, iwae_k, loca
                    "`all+refineK`; repeatable). Slow: about 25x the plain encode time at K=10 on a ctx model.")
 @data_dir_option
 @quiet_option
-def bench(datasets, model_refs, limit, out_dir, json_out, no_classical, quick, chains_list, jxl_effort,
+def bench(datasets, pixels, model_refs, limit, out_dir, json_out, no_classical, quick, chains_list, jxl_effort,
           single_images, refine_steps, data_dir, quiet):
     """Benchmark BB-ANS against classical lossless codecs on the same test images; print the
     headline table (our best bpd vs the best classical codec per dataset).
@@ -623,7 +658,7 @@ def bench(datasets, model_refs, limit, out_dir, json_out, no_classical, quick, c
     res = B.run_bench(s.datasets, list(model_refs) if model_refs else None, limit=s.limit,
                       chains_list=s.chains_list, classical=not no_classical, effort=s.jxl_effort, progress=on_progress,
                       single_images=s.single_images, data_dir=data_dir, command=command_line(),
-                      refine_steps=refine_steps)
+                      refine_steps=refine_steps, pixels=None if pixels == "auto" else pixels)
     bar.close()
     click.echo(format_headline(res))
     if out_dir:

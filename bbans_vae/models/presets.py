@@ -20,6 +20,8 @@ order (He et al., "Checkerboard Context Model for Efficient Learned Image Compre
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 from ..errors import ModelError
 from .config import ModelConfig
 from .context import ContextVAE
@@ -49,10 +51,17 @@ PRESETS: dict[str, tuple[ModelConfig, str]] = {
 }
 
 
-def preset_config(name: str) -> ModelConfig:
+def preset_config(name: str, image_shape: tuple | None = None) -> ModelConfig:
+    """Preset `name` for images of `image_shape` (H, W) (default: the table's 28x28): the mlp
+    layers and the context net take their sizes from it."""
     if name not in PRESETS:
         raise ModelError(f"unknown architecture preset {name!r}; choose one of: {', '.join(PRESETS)}")
-    return PRESETS[name][0]
+    cfg = PRESETS[name][0]
+    if image_shape is None:
+        return cfg
+    cfg = replace(cfg, image_shape=tuple(int(s) for s in image_shape))
+    cfg.validate()
+    return cfg
 
 
 ARCHITECTURES = {"mlp": VAE, "ctx": ContextVAE}
