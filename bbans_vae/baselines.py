@@ -225,17 +225,13 @@ def _png1_decode(data: bytes) -> np.ndarray:
 
 
 def _webp_encode(img: np.ndarray, **_: Any) -> bytes:
-    # libwebp has no grayscale input: the gray plane is replicated into R, G, B.
-    rgb = np.repeat(img[..., None], 3, axis=-1)
+    # libwebp has no grayscale input: a gray plane is replicated into R, G, B.
+    rgb = np.repeat(img[..., None], 3, axis=-1) if img.ndim == 2 else img
     return _imagecodecs("WEBP").webp_encode(rgb, level=100, lossless=True, method=6)
 
 
 def _webp_decode(data: bytes) -> np.ndarray:
-    rgb = np.asarray(_imagecodecs("WEBP").webp_decode(data))
-    if rgb.ndim == 3 and not (np.array_equal(rgb[..., 0], rgb[..., 1])
-                              and np.array_equal(rgb[..., 0], rgb[..., 2])):
-        raise LosslessError("webp decoded to a non-gray image")
-    return rgb[..., 0] if rgb.ndim == 3 else rgb
+    return np.asarray(_imagecodecs("WEBP").webp_decode(data))   # RGB; `_as_image` takes gray back
 
 
 def _jxl_encode(img: np.ndarray, *, effort: int, **_: Any) -> bytes:
@@ -303,23 +299,23 @@ def codec_table(effort: int | None = None) -> list[dict]:
 
 
 def tile_mosaic(images: np.ndarray) -> tuple[np.ndarray, int, int, int]:
-    """Tile (N, H, W) row-major into a (rows*H, cols*W) image, cols = ceil(sqrt(N)).
+    """Tile (N, H, W[, C]) row-major into a (rows*H, cols*W[, C]) image, cols = ceil(sqrt(N)).
 
     Returns (mosaic, rows, cols, n_padding); padding tiles are all zeros.
     """
-    n, h, w = images.shape
+    n, h, w, *c = images.shape
     cols = max(1, math.ceil(math.sqrt(n)))
     rows = max(1, math.ceil(n / cols))
     pad = rows * cols - n
-    full = np.concatenate([images, np.zeros((pad, h, w), images.dtype)]) if pad else images
-    mosaic = full.reshape(rows, cols, h, w).transpose(0, 2, 1, 3).reshape(rows * h, cols * w)
+    full = np.concatenate([images, np.zeros((pad, h, w, *c), images.dtype)]) if pad else images
+    mosaic = full.reshape(rows, cols, h, w, *c).swapaxes(1, 2).reshape(rows * h, cols * w, *c)
     return np.ascontiguousarray(mosaic), rows, cols, pad
 
 
-def untile_mosaic(mosaic: np.ndarray, n: int, h: int, w: int) -> np.ndarray:
-    """Inverse of `tile_mosaic`: the first n (h, w) tiles, row-major."""
+def untile_mosaic(mosaic: np.ndarray, n: int, h: int, w: int, *c: int) -> np.ndarray:
+    """Inverse of `tile_mosaic`: the first n (h, w[, c]) tiles, row-major."""
     rows, cols = mosaic.shape[0] // h, mosaic.shape[1] // w
-    tiles = mosaic.reshape(rows, h, cols, w).transpose(0, 2, 1, 3).reshape(rows * cols, h, w)
+    tiles = mosaic.reshape(rows, h, cols, w, *c).swapaxes(1, 2).reshape(rows * cols, h, w, *c)
     return tiles[:n]
 
 
@@ -328,8 +324,8 @@ def untile_mosaic(mosaic: np.ndarray, n: int, h: int, w: int) -> np.ndarray:
 
 def _check_images(images: Any, binary: bool) -> np.ndarray:
     x = np.asarray(images)
-    if x.ndim != 3 or min(x.shape) == 0:
-        raise ValueError(f"images must be a non-empty (N, H, W) array, got shape {x.shape}")
+    if not (x.ndim == 3 or (x.ndim == 4 and x.shape[3] == 3)) or min(x.shape) == 0:
+        raise ValueError(f"images must be a non-empty (N, H, W) or (N, H, W, 3) array, got shape {x.shape}")
     if x.dtype == np.bool_:
         x = x.astype(np.uint8)
     if x.dtype != np.uint8:
@@ -339,9 +335,12 @@ def _check_images(images: Any, binary: bool) -> np.ndarray:
     return np.ascontiguousarray(x)
 
 
-def _as_image(decoded: Any) -> np.ndarray:
+def _as_image(decoded: Any, like: np.ndarray) -> np.ndarray:
+    """A decoded image in the layout of `like`: a gray image decoded as 1 or 3 equal channels
+    becomes 2-D again (any difference is left for the comparison to catch)."""
     a = np.asarray(decoded)
-    if a.ndim == 3 and a.shape[-1] == 1:
+    if like.ndim == 2 and a.ndim == 3 and a.shape[-1] in (1, 3) and all(
+            np.array_equal(a[..., 0], a[..., i]) for i in range(1, a.shape[-1])):
         a = a[..., 0]
     return a
 
@@ -349,13 +348,13 @@ def _as_image(decoded: Any) -> np.ndarray:
 def _row(codec: Codec, protocol: str | None, input_name: str | None, x: np.ndarray,
          library: str | None, effort: int, total: int | None, enc_s: float | None,
          dec_s: float | None, grid=None, pad=None, skipped=None) -> dict:
-    n, h, w = x.shape
+    n, *shape = x.shape
     return {
         "codec": codec.name, "protocol": protocol, "input": input_name,
         "total_bytes": total,
-        "bpd": None if total is None else 8.0 * total / (n * h * w),
+        "bpd": None if total is None else 8.0 * total / x.size,
         "n_images": n, "lossless_verified": skipped is None,
-        "image_shape": [h, w], "grid": grid, "padding_images": pad,
+        "image_shape": shape, "grid": grid, "padding_images": pad,
         "library": library, "params": codec.params.format(effort=effort),
         "encode_s": enc_s, "decode_s": dec_s, "skipped": skipped,
     }
@@ -363,19 +362,17 @@ def _row(codec: Codec, protocol: str | None, input_name: str | None, x: np.ndarr
 
 def _stream_inputs(x: np.ndarray, binary: bool):
     """(input name, whole-set bytes, per-image bytes list, inverse for whole set)."""
-    n, h, w = x.shape
+    shape = x.shape[1:]
     out = []
     if binary:
         out.append(("bitpacked",
                     lambda: np.packbits(x.reshape(-1)).tobytes(),
                     lambda: [np.packbits(im.reshape(-1)).tobytes() for im in x],
-                    lambda b: np.unpackbits(np.frombuffer(b, np.uint8), count=n * h * w)
-                    .reshape(n, h, w),
-                    lambda b: np.unpackbits(np.frombuffer(b, np.uint8), count=h * w)
-                    .reshape(h, w)))
+                    lambda b: np.unpackbits(np.frombuffer(b, np.uint8), count=x.size).reshape(x.shape),
+                    lambda b: np.unpackbits(np.frombuffer(b, np.uint8), count=x[0].size).reshape(shape)))
     out.append(("bytes", x.tobytes, lambda: [im.tobytes() for im in x],
-                lambda b: np.frombuffer(b, np.uint8).reshape(n, h, w),
-                lambda b: np.frombuffer(b, np.uint8).reshape(h, w)))
+                lambda b: np.frombuffer(b, np.uint8).reshape(x.shape),
+                lambda b: np.frombuffer(b, np.uint8).reshape(shape)))
     return out
 
 
@@ -419,7 +416,7 @@ def _measure_image(codec, x, binary, protocols, library, effort) -> list[dict]:
         t0 = time.perf_counter()
         encs = [codec.encode(im, effort=effort) for im in prepared]
         t1 = time.perf_counter()
-        decs = [_as_image(codec.decode(e)) for e, im in zip(encs, prepared)]
+        decs = [_as_image(codec.decode(e), im) for e, im in zip(encs, prepared)]
         t2 = time.perf_counter()
         for i, (im, d) in enumerate(zip(prepared, decs)):
             if d.shape != im.shape or not np.array_equal(d, im):
@@ -436,7 +433,7 @@ def _measure_image(codec, x, binary, protocols, library, effort) -> list[dict]:
         t0 = time.perf_counter()
         enc = codec.encode(mosaic, effort=effort)
         t1 = time.perf_counter()
-        dec = _as_image(codec.decode(enc))
+        dec = _as_image(codec.decode(enc), mosaic)
         t2 = time.perf_counter()
         if dec.shape != mosaic.shape or not np.array_equal(dec, mosaic) or not np.array_equal(
                 untile_mosaic(dec, *prepared.shape), prepared):
@@ -452,7 +449,7 @@ def measure(images: np.ndarray, binary: bool,
             effort: int | None = None) -> list[dict]:
     """Compress `images` with every (selected) registry codec under each applicable protocol.
 
-    images: (N, H, W) uint8 (or bool); values in {0, 1} when `binary`.
+    images: (N, H, W) or (N, H, W, 3) uint8 (or bool); values in {0, 1} when `binary`.
     protocols: subset of ("stream", "per_image", "mosaic"); stream codecs use the first
       two, image codecs the last two.
     codecs: registry names to run (default: all; binary-only codecs are left out for
@@ -460,7 +457,7 @@ def measure(images: np.ndarray, binary: bool,
     effort: JPEG-XL effort (default `default_jxl_effort()`, the maximum: slowest, smallest).
 
     Returns one dict per (codec, protocol, input): codec, protocol, input, total_bytes,
-    bpd (= 8*total_bytes/(N*H*W)), n_images, lossless_verified, image_shape, grid and
+    bpd (= 8*total_bytes/(N*H*W*C)), n_images, lossless_verified, image_shape, grid and
     padding_images (mosaic only, else None), library, params, encode_s, decode_s, skipped
     (None, or why the codec could not run; then total_bytes/bpd are None and
     lossless_verified is False). Raises LosslessError if any decode differs from its input.
@@ -479,7 +476,7 @@ def measure(images: np.ndarray, binary: bool,
     rows: list[dict] = []
     for name in names:
         codec = REGISTRY[name]
-        if codec.binary_only and not binary:
+        if codec.binary_only and (not binary or x.ndim == 4):   # 1-bit codecs: gray only
             continue
         if not set(protocols) & ({"stream", "per_image"} if codec.kind == "stream"
                                  else {"per_image", "mosaic"}):

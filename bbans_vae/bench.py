@@ -146,7 +146,7 @@ class _Model:
         c = self.model.cfg
         return {"name": self.name, "path": str(self.path), "dataset": self.config.get("dataset"),
                 "preset": self.config.get("preset"), "epoch": self.config.get("epoch"),
-                "pixel_kind": c.pixel_kind, "image_shape": list(c.image_shape), "hidden": list(c.hidden),
+                "pixel_kind": c.pixel_kind, "image_shape": list(c.array_shape), "hidden": list(c.hidden),
                 "latent_dim": c.latent_dim, "likelihood": c.likelihood,
                 "parameters": count_parameters(self.model), "weights_sha256": self.sha,
                 "test_neg_elbo_bpd": (self.config.get("metrics") or {}).get("test_neg_elbo_bpd")}
@@ -448,7 +448,7 @@ def _model_notes(loaded: list[_Model], models: Sequence[str] | None, specs: dict
                      else f"no models given: {only}")
     for m in loaded:
         if not any(m.fits(s) for s in specs.values()):
-            notes.append(f"model {m.name} ({m.model.cfg.pixel_kind} {m.model.cfg.image_shape}) fits none of the "
+            notes.append(f"model {m.name} ({m.model.cfg.pixel_kind} {m.model.cfg.array_shape}) fits none of the "
                          "benchmarked datasets")
     return notes
 

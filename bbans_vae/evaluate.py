@@ -10,14 +10,14 @@ from .objectives import dataset_iwae_bits, dataset_neg_elbo_bits
 def fits(cfg: ModelConfig, spec: DatasetSpec | Dataset) -> bool:
     """Whether a model codes a dataset's images (built-in spec or opened dataset): same pixel
     kind and image shape."""
-    return cfg.pixel_kind == spec.pixel_kind and tuple(cfg.image_shape) == tuple(spec.image_shape)
+    return cfg.pixel_kind == spec.pixel_kind and cfg.array_shape == tuple(spec.image_shape)
 
 
 def check_compatible(model: VAE, dataset: Dataset) -> None:
     """ModelError unless `model` codes the pixels and image size of `dataset`."""
     cfg = model.cfg
     if not fits(cfg, dataset):
-        raise ModelError(f"model codes {cfg.pixel_kind} {'x'.join(map(str, cfg.image_shape))} images; dataset "
+        raise ModelError(f"model codes {cfg.pixel_kind} {'x'.join(map(str, cfg.array_shape))} images; dataset "
                          f"{dataset.name} is {dataset.pixel_kind} {'x'.join(map(str, dataset.image_shape))}")
 
 

@@ -87,13 +87,20 @@ def default_model_name(pixels: np.ndarray) -> str:
     return DEFAULT_MODELS["8bit" if binary_scale(pixels) is None else "binary"]
 
 
+def _shape_text(shape) -> str:
+    """"13x37" (H x W) for gray, "13x37x3" (H x W x C) for colour."""
+    return "x".join(str(int(s)) for s in shape)
+
+
 def model_symbols(model: VAE, pixels: np.ndarray) -> tuple[np.ndarray, int]:
     """Check pixels fit the model; returns (symbols, binary_scale). Raises InputError."""
-    if pixels.ndim != 3 or pixels.dtype != np.uint8:
-        raise InputError(f"expected an (N, H, W) uint8 array, got {pixels.dtype} {pixels.shape}")
-    if tuple(pixels.shape[1:]) != tuple(model.cfg.image_shape):
-        h, w = model.cfg.image_shape
-        raise InputError(f"images are {pixels.shape[1]}x{pixels.shape[2]} but the model codes {h}x{w} images")
+    if pixels.ndim not in (3, 4) or pixels.dtype != np.uint8:
+        raise InputError(f"expected an (N, H, W) or (N, H, W, C) uint8 array, got {pixels.dtype} {pixels.shape}")
+    if tuple(pixels.shape[1:]) != model.cfg.array_shape:
+        c = pixels.shape[3] if pixels.ndim == 4 else 1
+        channels = f" ({c} channels, the model {model.cfg.channels})" if c != model.cfg.channels else ""
+        raise InputError(f"images are {_shape_text(pixels.shape[1:])}{channels} but the model codes "
+                         f"{_shape_text(model.cfg.array_shape)} images")
     if model.cfg.pixel_kind == "8bit":
         return pixels, 0
     scale = binary_scale(pixels)
@@ -161,6 +168,7 @@ def decompress(data: bytes, model: VAE, model_sha256_hex: str,
                              f"({model_sha256_hex[:32]}...); pass --model with the encoder's checkpoint")
     if header.engine != ENGINE:
         raise ContainerError(f"this file was written with {header.engine}; this install has {ENGINE}")
+    # the header holds H and W; the channel count is the model's, which model_sha256 pins
     if header.pixel_kind != model.cfg.pixel_kind or header.image_shape != tuple(model.cfg.image_shape):
         raise ContainerError(f"header says {header.pixel_kind} {header.height}x{header.width} images; "
                              "the model does not code those")
@@ -176,7 +184,7 @@ def decompress(data: bytes, model: VAE, model_sha256_hex: str,
                                      header.refine_lr_e4, batch_split)
     except InputError as e:
         raise ContainerError(f"corrupt header: {e}") from None
-    symbols = decode_images(model, chains, header.n_images, header.image_shape, header.plain_images,
+    symbols = decode_images(model, chains, header.n_images, model.cfg.array_shape, header.plain_images,
                             header.latent_bits, progress, backend=backend)
     seconds = time.perf_counter() - t0
     pixels = symbols * np.uint8(header.binary_scale) if header.pixel_kind == "binary" else symbols

@@ -141,8 +141,8 @@ def train(run_dir: Path, args: TrainArgs, device: str = "cpu", meta: dict | None
 
     ds = dataset or run_dataset(asdict(args), args.data_dir)
     cfg = ModelConfig.from_dict(args.model)
-    if cfg.pixel_kind != ds.pixel_kind or tuple(cfg.image_shape) != tuple(ds.image_shape):
-        raise ModelError(f"architecture codes {cfg.pixel_kind} {cfg.image_shape} images but dataset "
+    if cfg.pixel_kind != ds.pixel_kind or cfg.array_shape != tuple(ds.image_shape):
+        raise ModelError(f"architecture codes {cfg.pixel_kind} {cfg.array_shape} images but dataset "
                          f"{args.dataset} is {ds.pixel_kind} {ds.image_shape}")
     train_x = torch.from_numpy(load_train_images(args, ds)).to(device)
     test_x = ds.images("test")

@@ -1,11 +1,12 @@
 """Reading images to code and writing decoded images, atomically.
 
 Inputs (`read_inputs`): PNG files, folders of PNGs (non-recursive, sorted by name, dotfiles
-skipped), `.npy` arrays of shape (N, H, W) or (H, W) and dtype uint8, and IDX files
-(`*-ubyte`, `*-ubyte.gz`, `*.idx`, ...). Everything is read in two passes: the first reads
+skipped), `.npy` arrays of shape (N, H, W), (N, H, W, 3) or (H, W) and dtype uint8, and IDX
+files (`*-ubyte`, `*-ubyte.gz`, `*.idx`, ...). Everything is read in two passes: the first reads
 only headers (modes, shapes, dtypes) so that bad inputs and oversized batches are refused
-before any pixel buffer is allocated; the second fills one (N, H, W) uint8 array.
-PNG metadata (gamma, text chunks, ...) is not kept: only the gray values are coded.
+before any pixel buffer is allocated; the second fills one (N, H, W) gray or (N, H, W, 3) RGB
+uint8 array; gray and RGB inputs are not mixed. PNG metadata (gamma, text chunks, ...) is not
+kept: only the 8-bit gray or RGB values are coded.
 
 Outputs (`write_outputs`, `write_file_atomic`): everything is written to a temporary
 sibling of the destination, flushed and fsynced, then renamed into place, so a reader never
@@ -43,9 +44,9 @@ _SIXTEEN_BIT_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "I;16S", "I;32", "
 
 @dataclass
 class ImageSet:
-    """A batch of same-sized 8-bit grayscale images and their output names."""
+    """A batch of same-sized 8-bit images (gray or RGB) and their output names."""
 
-    pixels: np.ndarray  # (N, H, W) uint8, C-contiguous
+    pixels: np.ndarray  # (N, H, W) gray or (N, H, W, 3) RGB, uint8, C-contiguous
     names: list[str]  # one per image, relative output stem (no extension), unique
 
 
@@ -60,6 +61,7 @@ class _Entry:
     w: int
     stem: str
     png_mode: str = ""
+    c: int = 1  # channels: 1 (gray) or 3 (RGB)
     array: np.ndarray | None = None  # IDX array already loaded while diagnosing its header
 
 
@@ -89,12 +91,12 @@ def read_inputs(paths: Sequence[str | Path], max_pixels: int = MAX_PIXELS) -> Im
         if entry.n > 0:
             if first is None:
                 first = entry
-            elif (entry.h, entry.w) != (first.h, first.w):
+            elif (entry.h, entry.w, entry.c) != (first.h, first.w, first.c):
                 raise InputError(
-                    f"{path} has images of {entry.h}x{entry.w} (HxW) but {first.path} has "
-                    f"{first.h}x{first.w}; all inputs must share one size"
+                    f"{path} has images of {entry.h}x{entry.w}x{entry.c} (HxWxC) but {first.path} has "
+                    f"{first.h}x{first.w}x{first.c}; all inputs must share one size and channel count"
                 )
-        total += entry.n * entry.h * entry.w
+        total += entry.n * entry.h * entry.w * entry.c
         if total > max_pixels:
             raise InputError(
                 f"inputs hold more than {max_pixels} pixels (limit reached at {path}); "
@@ -105,9 +107,9 @@ def read_inputs(paths: Sequence[str | Path], max_pixels: int = MAX_PIXELS) -> Im
     n_total = sum(e.n for e in entries)
     if first is None or n_total == 0:
         raise InputError("the inputs contain no images; give at least one image")
-    h, w = first.h, first.w
+    shape = (first.h, first.w) if first.c == 1 else (first.h, first.w, first.c)
 
-    pixels = np.empty((n_total, h, w), dtype=np.uint8)
+    pixels = np.empty((n_total, *shape), dtype=np.uint8)
     names: list[str] = []
     offset = 0
     for entry in entries:
@@ -166,7 +168,7 @@ def _kind(path: Path) -> str:
         return "npy"
     if name.endswith(_IDX_SUFFIXES):
         return "idx"
-    raise InputError(f"{path} is not a PNG, .npy or IDX file; give grayscale PNGs, .npy (N,H,W) uint8 arrays or IDX files")
+    raise InputError(f"{path} is not a PNG, .npy or IDX file; give gray or RGB PNGs, .npy (N,H,W[,3]) uint8 arrays or IDX files")
 
 
 def _scan(path: Path) -> _Entry:
@@ -198,7 +200,7 @@ def _open_png(path: Path):
     except UnidentifiedImageError as exc:
         if _head(path).startswith(_PNG_SIGNATURE):
             raise InputError(f"{path} is a corrupt PNG file; re-export it") from exc
-        raise InputError(f"{path} is not a PNG, .npy or IDX file; give grayscale PNGs, .npy (N,H,W) uint8 arrays or IDX files") from exc
+        raise InputError(f"{path} is not a PNG, .npy or IDX file; give gray or RGB PNGs, .npy (N,H,W[,3]) uint8 arrays or IDX files") from exc
     except Image.DecompressionBombError as exc:
         raise InputError(f"{path} is too large to read safely; split it into smaller images") from exc
     except OSError as exc:
@@ -209,34 +211,58 @@ def _open_png(path: Path):
         raise InputError(f"{path} is a corrupt PNG file ({exc}); re-export it") from exc
     if im.format != "PNG":
         im.close()
-        raise InputError(f"{path} is a {im.format} file, not a PNG; convert it to an 8-bit grayscale PNG")
+        raise InputError(f"{path} is a {im.format} file, not a PNG; convert it to an 8-bit gray or RGB PNG")
     return im
 
 
-def _check_png_mode(path: Path, im) -> None:
+def _png_channels(path: Path, im) -> int:
+    """Channels the pixels of an opened PNG give: 1 (gray, 1-bit, gray palette) or 3 (RGB, colour
+    palette). InputError for 16-bit, alpha and other modes."""
     mode = im.mode
     if getattr(im, "n_frames", 1) > 1:
         raise InputError(f"{path} is an animated PNG with {im.n_frames} frames; give single-frame images")
     if mode in _SIXTEEN_BIT_MODES:
-        raise InputError(f"{path}: 16-bit images are not supported (8-bit grayscale only); convert it to 8-bit")
+        raise InputError(f"{path}: 16-bit images are not supported (8-bit gray or RGB only); convert it to 8-bit")
     if mode in ("L", "1"):
-        return
+        return 1
+    if mode == "RGB":
+        return 3
     if mode == "P":
         if "transparency" in im.info:
-            raise InputError(f"{path} has 2 channels (a palette with transparency); the model codes 1-channel (grayscale) images")
-        return  # palette grayness is checked when the pixels are loaded
+            raise InputError(f"{path} has an alpha channel (a palette with transparency); give gray or RGB images")
+        return 1 if _gray_palette(path, im) is not None else 3
     bands = len(im.getbands())
     if bands > 1:
-        raise InputError(f"{path} has {bands} channels; the model codes 1-channel (grayscale) images")
-    raise InputError(f"{path} has unsupported image mode {mode}; convert it to an 8-bit grayscale PNG")
+        raise InputError(f"{path} has {bands} channels ({mode}); the models code gray (1) or RGB (3) images")
+    raise InputError(f"{path} has unsupported image mode {mode}; convert it to an 8-bit gray or RGB PNG")
+
+
+def _gray_palette(path: Path, im) -> np.ndarray | None:
+    """A palette image's pixels as gray values if every palette entry it uses is gray, else None."""
+    try:
+        im.load()
+    except Exception as exc:  # truncated / corrupt data: OSError, SyntaxError, zlib.error, ...
+        raise InputError(f"{path} is a corrupt or truncated PNG file ({exc}); re-export it") from exc
+    idx = np.asarray(im, dtype=np.uint8)
+    palette = im.getpalette() or []
+    pal = np.asarray(palette, dtype=np.uint8).reshape(-1, 3) if palette else np.zeros((0, 3), np.uint8)
+    used = np.unique(idx)
+    if used.size and int(used[-1]) >= len(pal):
+        raise InputError(f"{path} uses palette entries that do not exist; re-export it")
+    sel = pal[used]
+    if not (np.all(sel[:, 0] == sel[:, 1]) and np.all(sel[:, 0] == sel[:, 2])):
+        return None
+    lut = np.zeros(256, dtype=np.uint8)
+    lut[: len(pal)] = pal[:, 0]
+    return lut[idx]
 
 
 def _scan_png(path: Path) -> _Entry:
     im = _open_png(path)
     try:
-        _check_png_mode(path, im)
+        c = _png_channels(path, im)
         w, h = im.size
-        return _Entry(path=path, kind="png", n=1, h=h, w=w, stem=path.stem, png_mode=im.mode)
+        return _Entry(path=path, kind="png", n=1, h=h, w=w, stem=path.stem, png_mode=im.mode, c=c)
     finally:
         im.close()
 
@@ -254,23 +280,13 @@ def _load_png(entry: _Entry) -> np.ndarray:
         if im.mode == "1":
             arr = np.asarray(im.convert("L"), dtype=np.uint8)
         elif im.mode == "P":
-            idx = np.asarray(im, dtype=np.uint8)
-            palette = im.getpalette() or []
-            pal = np.asarray(palette, dtype=np.uint8).reshape(-1, 3) if palette else np.zeros((0, 3), np.uint8)
-            used = np.unique(idx)
-            if used.size and int(used[-1]) >= len(pal):
-                raise InputError(f"{path} uses palette entries that do not exist; re-export it")
-            sel = pal[used]
-            if not (np.all(sel[:, 0] == sel[:, 1]) and np.all(sel[:, 0] == sel[:, 2])):
-                raise InputError(f"{path} has 3 channels (a color palette); the model codes 1-channel (grayscale) images")
-            lut = np.zeros(256, dtype=np.uint8)
-            lut[: len(pal)] = pal[:, 0]
-            arr = lut[idx]
+            gray = _gray_palette(path, im) if entry.c == 1 else None
+            arr = gray if gray is not None else np.asarray(im.convert("RGB"), dtype=np.uint8)
         else:
             arr = np.asarray(im, dtype=np.uint8)
     finally:
         im.close()
-    if arr.shape != (entry.h, entry.w):
+    if arr.shape != ((entry.h, entry.w) if entry.c == 1 else (entry.h, entry.w, entry.c)):
         raise InputError(f"{path} changed while it was being read; try again")
     return arr
 
@@ -279,7 +295,7 @@ def _load_png(entry: _Entry) -> np.ndarray:
 
 
 def _scan_npy(path: Path) -> _Entry:
-    expected = "expected a uint8 array of shape (N,H,W) or (H,W)"
+    expected = "expected a uint8 array of shape (N,H,W), (N,H,W,3) or (H,W)"
     try:
         with open(path, "rb") as f:
             version = np.lib.format.read_magic(f)
@@ -297,16 +313,19 @@ def _scan_npy(path: Path) -> _Entry:
         raise InputError(f"{path} is not a valid .npy file ({exc}); {expected}") from exc
     if dtype != np.uint8:
         raise InputError(f"{path} holds dtype {dtype}; {expected} (convert with .astype(np.uint8))")
-    n, h, w = _images_shape(shape, path, "an array", expected)
-    return _Entry(path=path, kind="npy", n=n, h=h, w=w, stem=_array_stem(path))
+    n, h, w, c = _images_shape(shape, path, "an array", expected)
+    return _Entry(path=path, kind="npy", n=n, h=h, w=w, stem=_array_stem(path), c=c)
 
 
-def _images_shape(dims, path: Path, what: str, expected: str, hint: str = "") -> tuple[int, int, int]:
-    """(N, H, W) of an array shaped (N, H, W), or (H, W) for one image; InputError otherwise."""
+def _images_shape(dims, path: Path, what: str, expected: str, hint: str = "") -> tuple[int, int, int, int]:
+    """(N, H, W, C) of an array shaped (N, H, W), (N, H, W, C) with C 1 or 3, or (H, W) for one
+    image; InputError otherwise."""
     if len(dims) == 2:
-        return 1, int(dims[0]), int(dims[1])
+        return 1, int(dims[0]), int(dims[1]), 1
     if len(dims) == 3:
-        return int(dims[0]), int(dims[1]), int(dims[2])
+        return int(dims[0]), int(dims[1]), int(dims[2]), 1
+    if len(dims) == 4 and dims[3] in (1, 3):
+        return int(dims[0]), int(dims[1]), int(dims[2]), int(dims[3])
     raise InputError(f"{path} holds {what} of shape {tuple(dims)}{hint}; {expected}")
 
 
@@ -364,7 +383,7 @@ def _read_idx(path: Path) -> np.ndarray:
 
 
 def _scan_idx(path: Path) -> _Entry:
-    expected = "expected unsigned-byte images of shape (N,H,W) or (H,W)"
+    expected = "expected unsigned-byte images of shape (N,H,W), (N,H,W,3) or (H,W)"
     stem = _array_stem(path)
     header = _peek_idx(path)
     array = None
@@ -375,16 +394,16 @@ def _scan_idx(path: Path) -> _Entry:
         type_code, dims = header
     if type_code != 0x08:
         raise InputError(f"{path} holds IDX data of type {type_code:#04x}; {expected} (type 0x08)")
-    n, h, w = _images_shape(dims, path, "an IDX array", expected, " (is it a label file?)" if len(dims) == 1 else "")
-    return _Entry(path=path, kind="idx", n=n, h=h, w=w, stem=stem, array=array)
+    n, h, w, c = _images_shape(dims, path, "an IDX array", expected, " (is it a label file?)" if len(dims) == 1 else "")
+    return _Entry(path=path, kind="idx", n=n, h=h, w=w, stem=stem, array=array, c=c)
 
 
 def _load_idx(entry: _Entry) -> np.ndarray:
     arr = entry.array if entry.array is not None else _read_idx(entry.path)
     entry.array = None
-    if arr.dtype != np.uint8 or arr.size != entry.n * entry.h * entry.w:
+    if arr.dtype != np.uint8 or arr.size != entry.n * entry.h * entry.w * entry.c:
         raise InputError(f"{entry.path} does not match its IDX header; re-download or re-export it")
-    return np.asarray(arr).reshape(entry.n, entry.h, entry.w)
+    return np.asarray(arr).reshape((entry.n, entry.h, entry.w) if entry.c == 1 else (entry.n, entry.h, entry.w, entry.c))
 
 
 # names ----------------------------------------------------------------------------
@@ -503,15 +522,16 @@ def _publish(dest: Path, make: Callable[[Path], Path], fill_and_publish: Callabl
 def write_outputs(pixels: np.ndarray, names: list[str], out_dir: Path, fmt: str, force: bool) -> list[Path]:
     """Write decoded images into `out_dir`, atomically; return the written file paths.
 
-    fmt "png": one 8-bit grayscale PNG per image, `out_dir/<name>.png` (values written as-is).
-    fmt "npy": `out_dir/images.npy` (N, H, W) uint8 plus `out_dir/names.txt`, one name per line.
+    fmt "png": one 8-bit gray or RGB PNG per image, `out_dir/<name>.png` (values written as-is).
+    fmt "npy": `out_dir/images.npy` (N, H, W) or (N, H, W, 3) uint8 plus `out_dir/names.txt`, one name per line.
     """
     out_dir = Path(out_dir)
     if fmt not in ("png", "npy"):
         raise ValueError(f"unknown output format {fmt!r}")
     pixels = np.asarray(pixels)
-    if pixels.ndim != 3 or pixels.dtype != np.uint8 or len(names) != pixels.shape[0]:
-        raise ValueError(f"expected (N,H,W) uint8 pixels and N names, got {pixels.shape} {pixels.dtype}, {len(names)} names")
+    colour = pixels.ndim == 4 and pixels.shape[3] == 3
+    if not (pixels.ndim == 3 or colour) or pixels.dtype != np.uint8 or len(names) != pixels.shape[0]:
+        raise ValueError(f"expected (N,H,W) or (N,H,W,3) uint8 pixels and N names, got {pixels.shape} {pixels.dtype}, {len(names)} names")
     _check_names(list(names))
     if os.path.lexists(out_dir) and not force:
         raise OutputError(f"{out_dir} exists; use --force to overwrite")

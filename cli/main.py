@@ -101,7 +101,7 @@ quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress bar
 @main.command(context_settings=CONTEXT)
 @click.option("--dataset", "-d", required=True,
               help="mnist-bin, mnist-bin-stoch, binarized-mnist, mnist, fashion-mnist, or a path: a folder of "
-                   "PNGs (recursive), a .npy/.npz array (N,H,W) uint8, or an IDX file.")
+                   "PNGs (recursive; gray or RGB), a .npy/.npz array (N,H,W) or (N,H,W,3) uint8, or an IDX file.")
 @click.option("--test", "test_path", type=click.Path(exists=True), default=None,
               help="Path dataset: the test images (same kinds as --dataset).")
 @click.option("--holdout", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
@@ -154,9 +154,6 @@ def train(dataset, test_path, holdout, pixels, arch, epochs, run_dir, batch_size
         holdout = 0.1
     spec = open_dataset(dataset, test=test_path, holdout=holdout, pixels=None if pixels == "auto" else pixels,
                         seed=seed, data_root=data_dir)
-    if len(spec.image_shape) != 2:
-        raise VaeCompressError(f"{dataset} holds colour images {'x'.join(map(str, spec.image_shape))} (HxWxC); "
-                               "the models code 1-channel (gray) images only, so far")
     if init_ref is not None and arch == "from-init":
         from bbans_vae.checkpoint import load_model
         cfg = load_model(init_ref)[0].cfg
@@ -312,9 +309,10 @@ def _load_for_coding(model_ref: str):
 def encode(inputs, output, model_ref, chains, latent_bits, refine_steps, coder_path, force, as_json, quiet):
     """Compress images losslessly into one .vae file.
 
-    INPUT: PNG files, folders of PNGs (sorted by name), .npy arrays (N,H,W) uint8, or IDX files
-    (e.g. t10k-images-idx3-ubyte.gz). Pixels are restored exactly by `decode`; PNG metadata
-    (text chunks, gamma, palette, bit depth) is not kept, only the 8-bit gray values.
+    INPUT: PNG files (gray or RGB), folders of PNGs (sorted by name), .npy arrays (N,H,W) or
+    (N,H,W,3) uint8, or IDX files (e.g. t10k-images-idx3-ubyte.gz). Pixels are restored exactly by
+    `decode`; PNG metadata (text chunks, gamma, palette, bit depth) is not kept, only the 8-bit
+    gray or RGB values.
 
     \b
     Examples:
@@ -343,8 +341,8 @@ def encode(inputs, output, model_ref, chains, latent_bits, refine_steps, coder_p
     if as_json:
         echo_json(report)
     else:
-        h, w = images.pixels.shape[1:]
-        click.echo(f"{report['n_images']} images {h}x{w} -> {out} ({len(data):,} bytes): "
+        size = "x".join(str(s) for s in images.pixels.shape[1:])
+        click.echo(f"{report['n_images']} images {size} -> {out} ({len(data):,} bytes): "
                    f"{report['actual_bpd']:.4f} bpd (model -ELBO {report['neg_elbo_bpd']:.4f} bpd), "
                    f"model {model_ref}, {report['chains']} chains, "
                    f"{report['encode_images_per_second']:,.0f} images/s")
@@ -354,7 +352,7 @@ def encode(inputs, output, model_ref, chains, latent_bits, refine_steps, coder_p
 @click.argument("input_file", type=click.Path(dir_okay=False), metavar="IN.vae")
 @click.option("--output", "-o", required=True, type=click.Path(file_okay=False), help="Output directory.")
 @click.option("--format", "fmt", type=click.Choice(["png", "npy"]), default="png", show_default=True,
-              help="png: one 8-bit grayscale PNG per image; npy: images.npy (N,H,W) uint8 + names.txt.")
+              help="png: one 8-bit gray or RGB PNG per image; npy: images.npy (N,H,W[,3]) uint8 + names.txt.")
 @click.option("--model", "-m", "model_ref", default=None,
               help="Model to decode with. Default: the one the file names, found by its weights' hash among "
                    "the bundled models and the checkpoints under $VAECOMPRESS_MODELS.")

@@ -78,7 +78,7 @@ def test_npy_2d_and_fortran_order(tmp_path):
     "arr, fragment",
     [
         (np.zeros((2, 3, 3), np.float32), "float32"),
-        (np.zeros((2, 3, 3, 1), np.uint8), "(2, 3, 3, 1)"),
+        (np.zeros((2, 3, 3, 4), np.uint8), "(2, 3, 3, 4)"),
         (np.zeros((3,), np.uint8), "(3,)"),
         (np.array([{"a": 1}], dtype=object), "object"),
     ],
@@ -116,18 +116,36 @@ def test_png_mode_1_and_grayscale_palette(tmp_path):
     np.testing.assert_array_equal(got.pixels[1], ((gray // 32).astype(np.int64) * 3 % 256).astype(np.uint8))
 
 
-def test_color_palette_rejected(tmp_path):
+def test_color_palette_reads_as_rgb(tmp_path):
     im = Image.fromarray(np.zeros((4, 4), np.uint8)).convert("P")
     im.putpalette([10, 20, 30] * 256)
     im.save(tmp_path / "c.png")
-    with pytest.raises(InputError, match="1-channel"):
-        read_inputs([tmp_path / "c.png"])
+    got = read_inputs([tmp_path / "c.png"])
+    assert got.pixels.shape == (1, 4, 4, 3)
+    assert (got.pixels == np.array([10, 20, 30], np.uint8)).all()
 
 
-@pytest.mark.parametrize("mode, channels", [("RGB", 3), ("RGBA", 4), ("LA", 2)])
-def test_multichannel_rejected(tmp_path, mode, channels):
+def test_rgb_pngs_and_arrays_round_trip(tmp_path):
+    rgb = np.random.default_rng(0).integers(0, 256, (3, 5, 7, 3), dtype=np.uint8)
+    for i, a in enumerate(rgb[:2]):
+        Image.fromarray(a).save(tmp_path / f"p{i}.png")
+    np.save(tmp_path / "x.npy", rgb[2:])
+    got = read_inputs([tmp_path / "p0.png", tmp_path / "p1.png", tmp_path / "x.npy"])
+    np.testing.assert_array_equal(got.pixels, rgb)
+    paths = write_outputs(got.pixels, got.names, tmp_path / "out", "png", force=False)
+    for p, a in zip(paths, rgb):
+        with Image.open(p) as im:
+            assert im.mode == "RGB"
+            np.testing.assert_array_equal(np.asarray(im), a)
+    np.save(tmp_path / "g.npy", rgb[:1, ..., 0])
+    with pytest.raises(InputError, match="5x7x1 .*share one size and channel count"):
+        read_inputs([tmp_path / "p0.png", tmp_path / "g.npy"])
+
+
+@pytest.mark.parametrize("mode, channels", [("RGBA", 4), ("LA", 2)])
+def test_alpha_rejected(tmp_path, mode, channels):
     _png(tmp_path / "m.png", _rng_images(1)[0], mode=mode)
-    with pytest.raises(InputError, match=f"has {channels} channels; the model codes 1-channel"):
+    with pytest.raises(InputError, match=f"has {channels} channels \\({mode}\\); the models code gray"):
         read_inputs([tmp_path / "m.png"])
 
 

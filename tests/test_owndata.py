@@ -14,13 +14,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 from PIL import Image
 
 from bbans_vae import userdata
 from bbans_vae.data import open_dataset, run_dataset
 from bbans_vae.errors import DataError
-from bbans_vae.models import build_model, preset_config
+from bbans_vae.models import build_model, coding_phases, checkerboard_phases, preset_config
 from vaecompress_cli.main import main
 
 H, W = 13, 37
@@ -240,9 +241,43 @@ def test_record_finds_the_same_images_and_refuses_changed_data(tmp_path):
 
 def test_presets_take_their_shape_from_the_data():
     gray = preset_config("mlp-8bit", (H, W))
-    assert gray.image_shape == (H, W) and gray.n_pixels == H * W
+    assert gray.image_shape == (H, W) and gray.n_pixels == H * W and "channels" not in gray.to_dict()
     assert build_model(gray).encoder[0].in_features == H * W
+    rgb = preset_config("mlp-8bit", (H, W, 3))
+    assert rgb.n_pixels == 3 * H * W and rgb.to_dict()["channels"] == 3 and rgb.context_channels > 0
+    m = build_model(rgb)
+    assert m.n_phases == 3 and m.context[0].kernel_size == (1, 1)
+    c = build_model(preset_config("ctx-8bit", (H, W, 3)))
+    assert c.n_phases == 12 and c.context[0].kernel_size == (3, 3)
+    # gray context models keep their checkerboard order (bundled bitstreams depend on it)
+    assert torch.equal(coding_phases(H, W), checkerboard_phases(H, W))
     assert preset_config("ctx-8bit", (28, 28)) == preset_config("ctx-8bit")
+
+
+@pytest.mark.parametrize("preset", ["mlp-8bit", "ctx-8bit", "mlp-bin"])
+def test_colour_channels_are_coded_given_the_previous_ones_only(preset):
+    """Parameters of phase p change with the values of phases < p and never with the others."""
+    torch.manual_seed(0)
+    import dataclasses
+    cfg = dataclasses.replace(preset_config(preset, (5, 6, 3)), hidden=(16,), latent_dim=3)
+    m = build_model(cfg).eval()
+    torch.nn.init.normal_(m.context[-1].weight, std=0.5)              # a trained net is not zero
+    hi = 2 if cfg.pixel_kind == "binary" else 256
+    x = torch.randint(0, hi, (2, cfg.n_pixels)).float()
+    out = m.decode(torch.randn(2, 3))
+    for p in range(m.n_phases):
+        own = m.phase == p
+        base = m.phase_out(out, x, p).view(2, cfg.n_pixels, -1)[:, own]
+        later = x.clone()
+        later[:, m.phase >= p] = hi - 1 - later[:, m.phase >= p]
+        assert torch.equal(m.phase_out(out, later, p).view(2, cfg.n_pixels, -1)[:, own], base)
+        if p > 0:
+            earlier = x.clone()
+            earlier[:, m.phase < p] = hi - 1 - earlier[:, m.phase < p]
+            assert not torch.equal(m.phase_out(out, earlier, p).view(2, cfg.n_pixels, -1)[:, own], base)
+    # channel c of a pixel comes after channels < c of the same pixel
+    ph = m.phase.view(5, 6, 3)
+    assert bool((ph[..., 0] < ph[..., 1]).all() and (ph[..., 1] < ph[..., 2]).all())
 
 
 # ----------------------------------------------------------------------------- end to end through the CLI
@@ -253,6 +288,8 @@ E2E = [  # kind, image shape, pixels stored, preset
     ("npy", (H, W), "binary", "ctx-bin"),
     ("npz", (H, W), "8bit", "ctx-8bit"),
     ("idx", (H, W), "binary", "mlp-bin"),
+    ("png", (H, W, 3), "8bit", "mlp-8bit"),
+    ("npy", (H, W, 3), "8bit", "ctx-8bit"),
 ]
 
 
@@ -315,8 +352,8 @@ def test_changed_data_and_wrong_sizes_are_refused(tmp_path):
                   "-e", "2", "-o", run_dir, "-q"), "was started on other data")
 
 
-def test_bench_on_a_folder_of_pngs(tmp_path):
-    x = blobs(9, (H, W))
+def test_bench_on_a_folder_of_colour_pngs(tmp_path):
+    x = blobs(9, (H, W, 3))
     folder = make("png", tmp_path, x)
     run_dir = tmp_path / "run"
     ok(run("train", "-d", folder, "-m", "mlp-8bit", "--hidden", "8", "--latent-dim", "2", "-e", "1",

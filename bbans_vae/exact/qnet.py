@@ -266,6 +266,7 @@ class QContext:
     def __init__(self, model: VAE, out_cal: np.ndarray, x_cal: np.ndarray, phases_cal: np.ndarray):
         cfg = model.cfg
         self.H, self.W = cfg.image_shape
+        self.C = cfg.channels
         self.k = model.likelihood.params_per_pixel
         self.phase = model.phase.cpu().numpy()
         convs = [m for m in model.context if isinstance(m, torch.nn.Conv2d)]
@@ -291,23 +292,25 @@ class QContext:
         self.layers = _calibrate(prepared, self.in_exp, in_bits, chunks, lambda i, a: _im2col(a, self.ksize[i]))
 
     def _input(self, out: np.ndarray, x: np.ndarray, vis: np.ndarray) -> np.ndarray:
-        """(B, H, W, k + 2) integer input: h, visible pixels, mask; vis (B or 1, P) bool."""
-        B, P, k = out.shape[0], self.H * self.W, self.k
-        h = np.ldexp(out.reshape(B, P, k), self.in_exp)
+        """(B, H, W, C*(k + 2)) integer input: h, visible values, mask; vis (B or 1, P) bool over
+        the P = H*W*C values. Channels ordered as the torch net's input: h (channel-major), x, mask."""
+        B, HW, C, k = out.shape[0], self.H * self.W, self.C, self.k
+        h = np.ldexp(out.reshape(B, HW, C * k), self.in_exp)
         np.clip(h, -self.in_clip, self.in_clip, out=h)
         h = _round(h)
-        vis = np.broadcast_to(vis, (B, P))
-        xi = np.where(vis, self.pixel_ints[np.asarray(x, dtype=np.int64).reshape(B, P)], 0.0)
+        vis = np.broadcast_to(vis, (B, HW * C)).reshape(B, HW, C)
+        xi = np.where(vis, self.pixel_ints[np.asarray(x, dtype=np.int64).reshape(B, HW, C)], 0.0)
         m = np.where(vis, self.one, 0.0)
-        return np.concatenate([h, xi[..., None], m[..., None]], -1).reshape(B, self.H, self.W, k + 2)
+        return np.concatenate([h, xi, m], -1).reshape(B, self.H, self.W, C * (k + 2))
 
     def __call__(self, out: np.ndarray, x: np.ndarray, vis: np.ndarray, sel: np.ndarray | None = None) -> np.ndarray:
         """out (B, P*k) exact decoder output, x (B, P) pixel symbols, vis (P,) bool -> out +
         correction (B, P*k). With `sel` (P,) bool, only the pixels of sel are corrected (each layer
         runs only where a later layer reads it); the others keep out's values."""
-        B, H, W, k = out.shape[0], self.H, self.W, self.k
+        B, H, W, k = out.shape[0], self.H, self.W, self.k * self.C
         a = self._input(out, x, vis[None, :])
-        sel2 = np.ones((H, W), bool) if sel is None else sel.reshape(H, W)
+        # the pixels to compute: those holding a selected value (a pixel's C*k outputs come together)
+        sel2 = np.ones((H, W), bool) if sel is None else sel.reshape(H, W, self.C).any(-1)
         need = [sel2]                                       # pixels each layer must produce, last first
         for ks in reversed(self.ksize[1:]):
             need.append(_dilate(need[-1], ks))
@@ -325,7 +328,7 @@ class QContext:
         if sel is None:
             return out + corr.reshape(B, -1)
         res = out.reshape(B, H * W, k).copy()
-        res[:, sel] += corr.reshape(B, -1, k)
+        res[:, sel2.reshape(-1)] += corr.reshape(B, -1, k)
         return res.reshape(B, -1)
 
 
@@ -358,7 +361,7 @@ class ExactNetworks:
         enc = [first] + [_Prepared.of(l, WEIGHT_BITS) for l in enc_layers[1:]]
         self.encoder = QNet(enc, 0, in_bits, x_cal)
         self.context = None
-        if cfg.arch == "ctx":
+        if cfg.has_context:
             # calibrated on the decoder's outputs and mean images, image i seen at phase i mod n
             n = N_CONTEXT_CALIBRATION
             self.context = QContext(model, self.decoder(z_cal[:n]), x_cal[:n], np.arange(n) % model.n_phases)

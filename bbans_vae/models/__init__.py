@@ -9,7 +9,7 @@ bounds are in `bbans_vae.objectives`.
     presets.py      the named presets and build_model
     likelihoods.py  Bernoulli, discretized Gaussian, discretized logistic (mixture) pixels
     vae.py          the MLP VAE
-    context.py      the checkerboard context VAE
+    context.py      the context VAE: checkerboard phases and/or the channel order of colour
 
 References
 - Kingma & Welling, Auto-Encoding Variational Bayes (2014): the VAE and the reparameterised ELBO.
@@ -22,10 +22,10 @@ References
 from __future__ import annotations
 
 from .config import ModelConfig
-from .context import ContextVAE, checkerboard_phases
+from .context import ContextVAE, checkerboard_phases, coding_phases
 from .likelihoods import LN2
 from .presets import ARCHITECTURES, PRESETS, build_model, preset_config
 from .vae import SIGMA_FLOOR, VAE, count_parameters
 
 __all__ = ["ARCHITECTURES", "ContextVAE", "LN2", "ModelConfig", "PRESETS", "SIGMA_FLOOR", "VAE", "build_model",
-           "checkerboard_phases", "count_parameters", "preset_config"]
+           "checkerboard_phases", "coding_phases", "count_parameters", "preset_config"]

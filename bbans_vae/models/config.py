@@ -21,12 +21,15 @@ class ModelConfig:
     latent_dim: int = 10
     likelihood: str = "bernoulli"       # "bernoulli" | "gaussian" | "logistic"
     mixtures: int = 1                   # logistic mixture components (likelihood == "logistic")
-    context_channels: int = 0           # arch "ctx": channels of the pixel-context conv net
+    context_channels: int = 0           # width of the pixel-context conv net (arch "ctx", or colour)
+    channels: int = 1                   # 1 (gray) or 3 (colour: channels coded in order)
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["image_shape"] = list(self.image_shape)
         d["hidden"] = list(self.hidden)
+        if self.channels == 1:
+            del d["channels"]               # gray configs stay as they were before colour existed
         return d
 
     @staticmethod
@@ -41,6 +44,7 @@ class ModelConfig:
                 likelihood=str(d["likelihood"]),
                 mixtures=int(d.get("mixtures", 1)),
                 context_channels=int(d.get("context_channels", 0)),
+                channels=int(d.get("channels", 1)),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise ModelError(f"model config is incomplete or malformed ({e!r})") from None
@@ -57,18 +61,33 @@ class ModelConfig:
             raise ModelError(f"{self.pixel_kind} pixels need one of the likelihoods {allowed}, not {self.likelihood!r}")
         if not (1 <= self.latent_dim <= 4096) or not self.hidden or min(self.hidden) < 1:
             raise ModelError("latent_dim must be in 1..4096 and hidden sizes positive")
+        if self.channels not in (1, 3):
+            raise ModelError(f"channels must be 1 (gray) or 3 (colour), not {self.channels}")
         if len(self.image_shape) != 2 or min(self.image_shape) < 1 or self.n_pixels > 1 << 20:
-            raise ModelError(f"image_shape must be (H, W) with H*W <= 2^20, got {self.image_shape}")
+            raise ModelError(f"image_shape must be (H, W) with H*W*channels <= 2^20, got {self.image_shape} x "
+                             f"{self.channels}")
         if not (1 <= self.mixtures <= 16):
             raise ModelError("mixtures must be in 1..16")
-        if (self.arch == "ctx") != (self.context_channels > 0) or self.context_channels > 512:
-            raise ModelError("context_channels must be in 1..512 for arch 'ctx' and 0 otherwise")
-        if self.arch == "ctx" and self.likelihood == "logistic":
-            raise ModelError("arch 'ctx' supports the bernoulli and gaussian likelihoods")
+        if self.has_context != (self.context_channels > 0) or self.context_channels > 512:
+            raise ModelError("context_channels must be in 1..512 for arch 'ctx' and colour models, 0 otherwise")
+        if self.has_context and self.likelihood == "logistic":
+            raise ModelError("context and colour models support the bernoulli and gaussian likelihoods")
 
     @property
     def n_pixels(self) -> int:
-        return int(np.prod(self.image_shape))
+        """Values coded per image, the bpd denominator: H * W * channels."""
+        return int(np.prod(self.image_shape)) * self.channels
+
+    @property
+    def array_shape(self) -> tuple:
+        """Shape of one image array: (H, W) gray, (H, W, C) colour."""
+        return tuple(self.image_shape) if self.channels == 1 else (*self.image_shape, self.channels)
+
+    @property
+    def has_context(self) -> bool:
+        """Whether the likelihood reads already-coded values: checkerboard phases (arch "ctx")
+        and/or the channel order (colour). Such models are ContextVAEs."""
+        return self.arch == "ctx" or self.channels > 1
 
     @property
     def levels(self) -> int:

@@ -1,4 +1,4 @@
-"""The checkerboard context VAE: the likelihood also reads already-coded neighbours."""
+"""The context VAE: the likelihood also reads already-coded neighbours and/or channels."""
 from __future__ import annotations
 
 import torch
@@ -6,6 +6,15 @@ from torch import nn
 
 from .config import ModelConfig
 from .vae import VAE
+
+
+def coding_phases(height: int, width: int, channels: int = 1, spatial: bool = True) -> torch.Tensor:
+    """(H*W*C,) phase of every value (pixel-major, channel-minor, as image arrays flatten):
+    checkerboard phase * C + channel, or only the channel without `spatial` (colour mlp models).
+    So channel c of a pixel is coded after channels < c of the same pixel; C = 1 gives exactly
+    `checkerboard_phases`."""
+    cb = checkerboard_phases(height, width) if spatial else torch.zeros(height * width, dtype=torch.long)
+    return (cb.view(-1, 1) * channels + torch.arange(channels).view(1, -1)).reshape(-1)
 
 
 def checkerboard_phases(height: int, width: int) -> torch.Tensor:
@@ -20,7 +29,10 @@ def checkerboard_phases(height: int, width: int) -> torch.Tensor:
 
 
 class ContextVAE(VAE):
-    """VAE whose pixel likelihood also reads already-coded neighbours: 4 checkerboard phases.
+    """VAE whose pixel likelihood also reads already-coded neighbours: 4 checkerboard phases
+    (arch "ctx", 3x3 convs), times the channels for colour, where channel c of a pixel is coded
+    given channels < c (PixelCNN++'s order); a colour "mlp" model has the channel order only
+    (3 phases, 1x1 convs).
 
     p(x|z) = prod_p prod_{i in phase p} p(x_i | z, x_{phases < p}). The decoder MLP gives every
     pixel base parameters h(z); a small conv net reads [h, visible pixels, visibility mask] and
@@ -31,23 +43,26 @@ class ContextVAE(VAE):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)
-        k, c = self.likelihood.params_per_pixel, cfg.context_channels
-        self.context = nn.Sequential(nn.Conv2d(k + 2, c, 3, padding=1), nn.ReLU(),
-                                     nn.Conv2d(c, c, 3, padding=1), nn.ReLU(), nn.Conv2d(c, k, 1))
+        k, c, C = self.likelihood.params_per_pixel, cfg.context_channels, cfg.channels
+        spatial = cfg.arch == "ctx"
+        ks = 3 if spatial else 1
+        self.context = nn.Sequential(nn.Conv2d(C * (k + 2), c, ks, padding=ks // 2), nn.ReLU(),
+                                     nn.Conv2d(c, c, ks, padding=ks // 2), nn.ReLU(), nn.Conv2d(c, C * k, 1))
         nn.init.zeros_(self.context[-1].weight)
         nn.init.zeros_(self.context[-1].bias)
-        self.register_buffer("phase", checkerboard_phases(*cfg.image_shape), persistent=False)
-
-    n_phases = 4
+        self.n_phases = (4 if spatial else 1) * C
+        self.register_buffer("phase", coding_phases(*cfg.image_shape, C, spatial), persistent=False)
 
     def _with_context(self, out: torch.Tensor, xf: torch.Tensor, vis: torch.Tensor) -> torch.Tensor:
-        """out (N, P*k) plus the context net's correction, reading the pixels of xf (N, P) where
-        vis (N, P) is 1 (the rest are zeroed, so unseen pixels cannot leak in)."""
-        N, (H, W), k = out.shape[0], self.cfg.image_shape, self.likelihood.params_per_pixel
+        """out (N, P*k) plus the context net's correction, reading the values of xf (N, P) where
+        vis (N, P) is 1 (the rest are zeroed, so unseen values cannot leak in). The net's input
+        channels: h (C*k, channel-major), visible values (C), mask (C)."""
+        N, (H, W), C = out.shape[0], self.cfg.image_shape, self.cfg.channels
+        k = self.likelihood.params_per_pixel
         x_in = self.encoder_input(xf) * vis                                       # (N, P)
-        h = out.view(N, H, W, k).permute(0, 3, 1, 2)                              # (N, k, H, W)
-        inp = torch.cat([h, x_in.view(N, 1, H, W), vis.view(N, 1, H, W)], 1)
-        return out + self.context(inp).permute(0, 2, 3, 1).reshape(N, H * W * k)
+        h = out.view(N, H, W, C * k).permute(0, 3, 1, 2)                          # (N, C*k, H, W)
+        planes = [h, x_in.view(N, H, W, C).permute(0, 3, 1, 2), vis.view(N, H, W, C).permute(0, 3, 1, 2)]
+        return out + self.context(torch.cat(planes, 1)).permute(0, 2, 3, 1).reshape(N, H * W * C * k)
 
     def phase_out(self, out: torch.Tensor, xf: torch.Tensor, phase: int) -> torch.Tensor:
         """Parameters (B, P*k) for the pixels of `phase`, reading only pixels of phases < phase of

@@ -51,15 +51,24 @@ PRESETS: dict[str, tuple[ModelConfig, str]] = {
 }
 
 
+COLOUR_CONTEXT_CHANNELS = 32  # width of a colour mlp preset's per-pixel (1x1) channel-context net
+
+
 def preset_config(name: str, image_shape: tuple | None = None) -> ModelConfig:
-    """Preset `name` for images of `image_shape` (H, W) (default: the table's 28x28): the mlp
-    layers and the context net take their sizes from it."""
+    """Preset `name` for images of `image_shape`: (H, W) gray or (H, W, C) colour (default: the
+    table's 28x28 gray). The mlp layers take their sizes from it. Colour models code the channels
+    of a pixel in order, each given the previous ones: ctx presets through their context net,
+    mlp presets through a per-pixel channel-context net of COLOUR_CONTEXT_CHANNELS."""
     if name not in PRESETS:
         raise ModelError(f"unknown architecture preset {name!r}; choose one of: {', '.join(PRESETS)}")
     cfg = PRESETS[name][0]
     if image_shape is None:
         return cfg
-    cfg = replace(cfg, image_shape=tuple(int(s) for s in image_shape))
+    shape = tuple(int(s) for s in image_shape)
+    channels = shape[2] if len(shape) == 3 else 1
+    cfg = replace(cfg, image_shape=shape[:2], channels=channels)
+    if channels > 1 and not cfg.context_channels:
+        cfg = replace(cfg, context_channels=COLOUR_CONTEXT_CHANNELS)
     cfg.validate()
     return cfg
 
@@ -69,4 +78,4 @@ ARCHITECTURES = {"mlp": VAE, "ctx": ContextVAE}
 
 def build_model(cfg: ModelConfig) -> VAE:
     cfg.validate()
-    return ARCHITECTURES[cfg.arch](cfg)
+    return ContextVAE(cfg) if cfg.has_context else ARCHITECTURES[cfg.arch](cfg)

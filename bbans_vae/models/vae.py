@@ -66,7 +66,7 @@ class VAE(nn.Module):
 
     def sample(self, n: int, gen: torch.Generator | None = None) -> torch.Tensor:
         z = torch.randn(n, self.cfg.latent_dim, generator=gen)
-        return self.sample_given(z, gen).view(n, *self.cfg.image_shape)
+        return self.sample_given(z, gen).view(n, *self.cfg.array_shape)
 
 
 def count_parameters(model: nn.Module) -> int:
