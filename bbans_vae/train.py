@@ -172,7 +172,9 @@ def train(run_dir: Path, args: TrainArgs, device: str = "cpu", meta: dict | None
             model = init_model
         elif replace(init_model.cfg, arch=cfg.arch, context_channels=cfg.context_channels) == cfg:
             # an mlp checkpoint starts a context model: same encoder/decoder, fresh context net
-            missing, unexpected = model.load_state_dict(init_model.state_dict(), strict=False)
+            # (a colour mlp's 1x1 channel-context net does not fit a ctx model's 3x3 one: not copied)
+            state = {k: v for k, v in init_model.state_dict().items() if not k.startswith("context.")}
+            missing, unexpected = model.load_state_dict(state, strict=False)
             if unexpected or any(not k.startswith("context.") for k in missing):
                 raise ModelError(f"--init {args.init}: weights do not fit {cfg.arch} ({missing}, {unexpected})")
         else:

@@ -369,3 +369,17 @@ def test_bench_on_a_folder_of_colour_pngs(tmp_path):
     for r in d["rows"]:
         if r.get("bpd") is not None and r.get("protocol") != "single":
             assert r["bpd"] == pytest.approx(8 * r["total_bytes"] / x.size)
+
+
+def test_a_colour_mlp_run_starts_a_colour_ctx_run(tmp_path):
+    """--init from a colour mlp (1x1 channel-context net) to ctx (3x3 net): encoder and decoder
+    weights carry over and the context net starts fresh (it has another shape)."""
+    np.save(tmp_path / "x.npy", blobs(8, (5, 6, 3)))
+    small = ("--hidden", "8", "--latent-dim", "2", "-e", "1", "-q", "--holdout", "0.25")
+    ok(run("train", "-d", tmp_path / "x.npy", "-m", "mlp-8bit", *small, "-o", tmp_path / "mlp"))
+    ok(run("train", "-d", tmp_path / "x.npy", "-m", "ctx-8bit", "--init", tmp_path / "mlp", *small,
+           "-o", tmp_path / "ctx"))
+    from bbans_vae.checkpoint import load_model
+    mlp, ctx = load_model(str(tmp_path / "mlp"))[0], load_model(str(tmp_path / "ctx"))[0]
+    assert ctx.cfg.arch == "ctx" and ctx.cfg.channels == 3 and ctx.context[0].kernel_size == (3, 3)
+    assert mlp.context[0].kernel_size == (1, 1) and ctx.n_phases == 12
