@@ -35,17 +35,20 @@ def chain_valid_bits(words) -> int:
 
 
 def file_sizes(data: bytes, *, initial_bits: float | None = None, ideal_bits: float | None = None,
-               neg_elbo_bits: float | None = None) -> dict:
+               neg_elbo_bits: float | None = None, channels: int = 1) -> dict:
     """Sizes of the container `data`, in bits and bits per dimension (see the module docstring)."""
     header, chains = unpack(data)
     return sizes_of(header, chains, 8 * len(data), initial_bits=initial_bits, ideal_bits=ideal_bits,
-                    neg_elbo_bits=neg_elbo_bits)
+                    neg_elbo_bits=neg_elbo_bits, channels=channels)
 
 
 def sizes_of(header: Header, chains: list, actual_bits: int, *, initial_bits: float | None = None,
-             ideal_bits: float | None = None, neg_elbo_bits: float | None = None) -> dict:
-    """`file_sizes` for an already parsed container (header, chain words) of `actual_bits`."""
-    dims = header.n_images * header.height * header.width
+             ideal_bits: float | None = None, neg_elbo_bits: float | None = None, channels: int = 1) -> dict:
+    """`file_sizes` for an already parsed container (header, chain words) of `actual_bits`.
+
+    n_dims = images x H x W x `channels`: the version-1 header holds H and W only; the channel
+    count is the model's (the encoder passes it; version 2 of the header stores it)."""
+    dims = header.n_images * header.height * header.width * channels
     payload_bits = sum(chain_valid_bits(w) for w in chains)
     sizes = {"n_images": header.n_images, "n_dims": dims, "chains": header.n_chains,
              "plain_images": len(header.plain_images), "actual_bits": actual_bits,

@@ -148,7 +148,7 @@ def compress(model: VAE, model_name: str, model_sha256_hex: str, pixels: np.ndar
     data = pack(header, enc.chain_words)
     nelbo = float(dataset_neg_elbo_bits(model, symbols).sum()) if with_neg_elbo else None
     report = sizes_of(header, enc.chain_words, 8 * len(data), initial_bits=enc.initial_bits,
-                      ideal_bits=enc.ideal_bits_total, neg_elbo_bits=nelbo)
+                      ideal_bits=enc.ideal_bits_total, neg_elbo_bits=nelbo, channels=model.cfg.channels)
     report.update(refine_steps=refine_steps, latent_bits=latent_bits, coder_path=coder_path,
                   encode_seconds=seconds, encode_images_per_second=N / seconds if seconds > 0 else None)
     return data, report

@@ -313,7 +313,7 @@ def test_train_encode_decode_eval_gaps(tmp_path, kind, shape, pixels, preset):
     rep = json.loads(ok(run("encode", src, "-o", tmp_path / "x.vae", "-m", run_dir, "--json", "--chains", "2")))
     assert rep["coder_path"] == "exact" and rep["n_dims"] == x.size
     assert rep["actual_bpd"] == pytest.approx(8 * (tmp_path / "x.vae").stat().st_size / x.size)
-    ok(run("decode", tmp_path / "x.vae", "-o", tmp_path / "out", "--format", "npy"))
+    ok(run("decode", tmp_path / "x.vae", "-o", tmp_path / "out", "--format", "npy", "-m", run_dir))
     np.testing.assert_array_equal(np.load(tmp_path / "out" / "images.npy"), x)
 
     # eval without --dataset: the recorded data and its test split, as in training
