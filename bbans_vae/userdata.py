@@ -88,13 +88,11 @@ def _open_png(path: Path):
     from PIL import Image, UnidentifiedImageError
     try:
         with open(path, "rb") as f:
-            head = f.read(26)
+            head = f.read(8)
     except OSError as e:
         raise DataError(f"cannot read {path}: {e.strerror or e}") from None
     if not head.startswith(_PNG_SIGNATURE):
         raise DataError(f"{path} is not a PNG file (no PNG signature)")
-    if len(head) == 26 and head[12:16] == b"IHDR" and head[24] == 16:
-        raise DataError(f"{path} is a 16-bit PNG; only 8-bit images are supported (convert it to 8 bits)")
     try:
         return Image.open(path)
     except (UnidentifiedImageError, SyntaxError, ValueError) as e:
@@ -103,20 +101,56 @@ def _open_png(path: Path):
         raise DataError(f"cannot read {path}: {e.strerror or e}") from None
 
 
-def _png_channels(path: Path, im) -> int:
+def _png_bit_depth(path: Path) -> int | None:
+    """The bit depth in a PNG's IHDR chunk (Pillow reads 16-bit RGB as 8-bit "RGB"), or None."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(26)
+    except OSError:
+        return None
+    return head[24] if len(head) == 26 and head[12:16] == b"IHDR" else None
+
+
+def png_channels(path: Path, im) -> int:
+    """Channels the pixels of an opened PNG give: 1 (gray, 1-bit, gray palette) or 3 (RGB,
+    colour palette). DataError for animated, 16-bit, alpha and other modes. The one check of
+    PNG modes, for datasets and for `encode`'s inputs (cli/io.py)."""
     mode = im.mode
-    if mode in _SIXTEEN_BIT_MODES:
-        raise DataError(f"{path} has {mode} pixels (16/32-bit); only 8-bit images are supported")
+    if getattr(im, "n_frames", 1) > 1:
+        raise DataError(f"{path} is an animated PNG with {im.n_frames} frames; give single-frame images")
+    if mode in _SIXTEEN_BIT_MODES or _png_bit_depth(path) == 16:
+        raise DataError(f"{path}: 16-bit images are not supported (8-bit gray or RGB only); convert it to 8-bit")
     if mode in ("L", "1"):
         return 1
     if mode == "RGB":
         return 3
-    if mode in ("LA", "RGBA", "PA") or (mode == "P" and "transparency" in im.info):
-        raise DataError(f"{path} has an alpha channel (mode {mode}); give gray or RGB images without transparency")
     if mode == "P":
-        pal = np.asarray(im.getpalette() or [0, 0, 0], dtype=np.uint8).reshape(-1, 3)
-        return 1 if (pal == pal[:, :1]).all() else 3
-    raise DataError(f"{path} has unsupported image mode {mode}; convert it to 8-bit gray or RGB")
+        if "transparency" in im.info:
+            raise DataError(f"{path} has an alpha channel (a palette with transparency); give gray or RGB images")
+        return 1 if gray_palette(path, im) is not None else 3
+    bands = len(im.getbands())
+    if bands > 1:
+        raise DataError(f"{path} has {bands} channels ({mode}); the models code gray (1) or RGB (3) images")
+    raise DataError(f"{path} has unsupported image mode {mode}; convert it to an 8-bit gray or RGB PNG")
+
+
+def gray_palette(path: Path, im) -> np.ndarray | None:
+    """A palette image's pixels as gray values if every palette entry it uses is gray, else None."""
+    try:
+        im.load()
+    except Exception as exc:  # truncated / corrupt data: OSError, SyntaxError, zlib.error, ...
+        raise DataError(f"{path} is a corrupt or truncated PNG file ({exc}); re-export it") from None
+    idx = np.asarray(im, dtype=np.uint8)
+    pal = np.asarray(im.getpalette() or [], dtype=np.uint8).reshape(-1, 3)
+    used = np.unique(idx)
+    if used.size and int(used[-1]) >= len(pal):
+        raise DataError(f"{path} uses palette entries that do not exist; re-export it")
+    sel = pal[used]
+    if not (np.all(sel[:, 0] == sel[:, 1]) and np.all(sel[:, 0] == sel[:, 2])):
+        return None
+    lut = np.zeros(256, dtype=np.uint8)
+    lut[: len(pal)] = pal[:, 0]
+    return lut[idx]
 
 
 def _load_png(path: Path, shape: tuple[int, int, int]) -> np.ndarray:
@@ -138,7 +172,7 @@ def _read_png_folder(folder: Path) -> np.ndarray:
     for p in files:                                  # pass 1: headers only
         im = _open_png(p)
         try:
-            shape = (im.size[1], im.size[0], _png_channels(p, im))
+            shape = (im.size[1], im.size[0], png_channels(p, im))
         finally:
             im.close()
         if first is None:

@@ -39,7 +39,6 @@ MAX_PIXELS = 2**31
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _NPY_MAGIC = b"\x93NUMPY"
 _IDX_SUFFIXES = ("-ubyte", "-ubyte.gz", ".idx", ".idx.gz")
-_SIXTEEN_BIT_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "I;16S", "I;32", "F")
 
 
 @dataclass
@@ -215,46 +214,23 @@ def _open_png(path: Path):
     return im
 
 
+def _input_error(fn, *args):
+    """fn(*args) from the library, its DataError (a bad input file) raised as an InputError."""
+    from bbans_vae.errors import DataError
+    try:
+        return fn(*args)
+    except DataError as exc:
+        raise InputError(str(exc)) from None
+
+
 def _png_channels(path: Path, im) -> int:
-    """Channels the pixels of an opened PNG give: 1 (gray, 1-bit, gray palette) or 3 (RGB, colour
-    palette). InputError for 16-bit, alpha and other modes."""
-    mode = im.mode
-    if getattr(im, "n_frames", 1) > 1:
-        raise InputError(f"{path} is an animated PNG with {im.n_frames} frames; give single-frame images")
-    if mode in _SIXTEEN_BIT_MODES:
-        raise InputError(f"{path}: 16-bit images are not supported (8-bit gray or RGB only); convert it to 8-bit")
-    if mode in ("L", "1"):
-        return 1
-    if mode == "RGB":
-        return 3
-    if mode == "P":
-        if "transparency" in im.info:
-            raise InputError(f"{path} has an alpha channel (a palette with transparency); give gray or RGB images")
-        return 1 if _gray_palette(path, im) is not None else 3
-    bands = len(im.getbands())
-    if bands > 1:
-        raise InputError(f"{path} has {bands} channels ({mode}); the models code gray (1) or RGB (3) images")
-    raise InputError(f"{path} has unsupported image mode {mode}; convert it to an 8-bit gray or RGB PNG")
+    from bbans_vae.userdata import png_channels   # the one PNG mode check (datasets use it too)
+    return _input_error(png_channels, path, im)
 
 
 def _gray_palette(path: Path, im) -> np.ndarray | None:
-    """A palette image's pixels as gray values if every palette entry it uses is gray, else None."""
-    try:
-        im.load()
-    except Exception as exc:  # truncated / corrupt data: OSError, SyntaxError, zlib.error, ...
-        raise InputError(f"{path} is a corrupt or truncated PNG file ({exc}); re-export it") from exc
-    idx = np.asarray(im, dtype=np.uint8)
-    palette = im.getpalette() or []
-    pal = np.asarray(palette, dtype=np.uint8).reshape(-1, 3) if palette else np.zeros((0, 3), np.uint8)
-    used = np.unique(idx)
-    if used.size and int(used[-1]) >= len(pal):
-        raise InputError(f"{path} uses palette entries that do not exist; re-export it")
-    sel = pal[used]
-    if not (np.all(sel[:, 0] == sel[:, 1]) and np.all(sel[:, 0] == sel[:, 2])):
-        return None
-    lut = np.zeros(256, dtype=np.uint8)
-    lut[: len(pal)] = pal[:, 0]
-    return lut[idx]
+    from bbans_vae.userdata import gray_palette
+    return _input_error(gray_palette, path, im)
 
 
 def _scan_png(path: Path) -> _Entry:
@@ -374,12 +350,7 @@ def _peek_idx(path: Path) -> tuple[int, tuple[int, ...]] | None:
 
 def _read_idx(path: Path) -> np.ndarray:
     from bbans_vae.data import read_idx
-    from bbans_vae.errors import DataError
-
-    try:
-        return read_idx(path)
-    except DataError as exc:
-        raise InputError(str(exc)) from exc
+    return _input_error(read_idx, path)
 
 
 def _scan_idx(path: Path) -> _Entry:

@@ -153,6 +153,10 @@ def test_16bit_rejected(tmp_path):
     Image.fromarray(np.full((4, 4), 1000, np.uint16)).save(tmp_path / "d.png")
     with pytest.raises(InputError, match="16-bit images are not supported"):
         read_inputs([tmp_path / "d.png"])
+    import imagecodecs                          # 16-bit RGB: Pillow reads it as 8-bit RGB, silently
+    (tmp_path / "e.png").write_bytes(imagecodecs.png_encode(np.full((4, 4, 3), 1000, np.uint16)))
+    with pytest.raises(InputError, match="16-bit images are not supported"):
+        read_inputs([tmp_path / "e.png"])
 
 
 def test_corrupt_and_truncated_png(tmp_path):

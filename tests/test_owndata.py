@@ -12,6 +12,7 @@ import os
 import struct
 from pathlib import Path
 
+import imagecodecs
 import numpy as np
 import pytest
 import torch
@@ -131,6 +132,8 @@ def bad_inputs(tmp: Path) -> dict:
     png(tmp / "sizes/a.png", z8)
     png(tmp / "sizes/b.png", np.zeros((5, 8), np.uint8))
     png(tmp / "b16/a.png", np.zeros((5, 7), np.uint16))
+    (tmp / "rgb16").mkdir()                      # Pillow would read this one as 8-bit RGB, silently
+    (tmp / "rgb16/a.png").write_bytes(imagecodecs.png_encode(np.full((5, 7, 3), 1000, np.uint16)))
     png(tmp / "alpha/a.png", np.zeros((5, 7, 4), np.uint8))
     (tmp / "empty/sub").mkdir(parents=True)
     (tmp / "empty/notes.txt").write_text("no images here")
@@ -145,8 +148,9 @@ def bad_inputs(tmp: Path) -> dict:
     return {
         "mixed channels": (tmp / "mixed", "b.png is 5x7x3 (HxWxC) but"),
         "mixed sizes": (tmp / "sizes", "b.png is 5x8x1 (HxWxC) but"),
-        "16-bit png": (tmp / "b16", "16-bit"),
-        "alpha": (tmp / "alpha", "alpha channel"),
+        "16-bit png": (tmp / "b16", "16-bit images are not supported"),
+        "16-bit rgb png": (tmp / "rgb16", "16-bit images are not supported"),
+        "alpha": (tmp / "alpha", "has 4 channels (RGBA); the models code gray (1) or RGB (3)"),
         "empty folder": (tmp / "empty", "contains no .png files"),
         "unreadable file": (tmp / "unreadable", "cannot read"),
         "not a png": (tmp / "garbage", "not a PNG file"),
