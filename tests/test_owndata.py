@@ -348,12 +348,15 @@ def test_changed_data_and_wrong_sizes_are_refused(tmp_path):
     one_error(run("encode", tmp_path / "y.npy", "-o", tmp_path / "b.vae", "-m", run_dir),
               "images are 14x37 but the model codes 13x37 images")
     one_error(run("eval", run_dir, "-d", tmp_path / "y.npy"), "model codes 8bit 13x37 images", "14x37")
+    ok(run("train", "-d", tmp_path / "x.npy", "-m", "mlp-8bit", "--hidden", "8", "--latent-dim", "2", "-e", "2",
+           "-o", run_dir, "-q"))                                      # the same data: the run resumes
+    assert len((run_dir / "train_log.jsonl").read_text().splitlines()) == 2
     np.save(tmp_path / "x.npy", x[::-1])
     one_error(run("eval", run_dir), "changed since the run recorded it")
     one_error(run("gaps", run_dir, "--no-bitstreams", "--split", "none", "--refit-epochs", "0"),
               "changed since the run recorded it")
     one_error(run("train", "-d", tmp_path / "x.npy", "-m", "mlp-8bit", "--hidden", "8", "--latent-dim", "2",
-                  "-e", "2", "-o", run_dir, "-q"), "was started on other data")
+                  "-e", "3", "-o", run_dir, "-q"), "was started on other data")
 
 
 def test_bench_on_a_folder_of_colour_pngs(tmp_path):
