@@ -90,16 +90,26 @@ def _rows(posterior: tuple[torch.Tensor, torch.Tensor] | None, i: int, j: int):
     return None if posterior is None else (posterior[0][i:j], posterior[1][i:j])
 
 
+def report_batch_size(model: VAE, limit: int = 1000) -> int:
+    """Images per batch of a report pass with activations of at most ~2^24 floats (64 MB): a
+    context model runs its conv net on n_phases copies of every image at full resolution, so
+    1000 images held 1.2 GB of activations (#17)."""
+    per_image = model.n_phases * model.cfg.n_pixels * max(1, model.cfg.context_channels)
+    return int(max(1, min(limit, (1 << 24) // per_image)))
+
+
 @torch.no_grad()
-def dataset_neg_elbo_bits(model: VAE, images: np.ndarray, batch_size: int = 1000, seed: int = 0,
+def dataset_neg_elbo_bits(model: VAE, images: np.ndarray, batch_size: int | None = None, seed: int = 0,
                           n_samples: int = 1, device: str = "cpu",
                           posterior: tuple[torch.Tensor, torch.Tensor] | None = None) -> np.ndarray:
     """Per-image -ELBO in bits over an (N, H, W) uint8 array, batch by batch, one generator
     seeded `seed` for the Monte Carlo noise (same seed + same images = same noise). `posterior`:
-    (N, D) mu and sigma rows replacing q(z|x) (a refit or per-image optimised posterior)."""
+    (N, D) mu and sigma rows replacing q(z|x) (a refit or per-image optimised posterior).
+    batch_size: default `report_batch_size(model)` (bounded memory)."""
     gen = torch.Generator(device=device).manual_seed(seed)
     out = []
     model.eval()
+    batch_size = batch_size or report_batch_size(model)
     for i in range(0, len(images), batch_size):
         x = torch.from_numpy(images[i:i + batch_size]).to(device)
         out.append(neg_elbo_bits(model, x, n_samples=n_samples, gen=gen,

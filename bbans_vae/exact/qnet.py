@@ -40,7 +40,7 @@ def _round(x: np.ndarray) -> np.ndarray:
 
 @dataclass
 class QLayer:
-    w_t: torch.Tensor          # (in, out) float64, integer-valued, |w| <= 2^wb
+    w_t: np.ndarray            # (in, out) float64, integer-valued, |w| <= 2^wb
     b: np.ndarray              # (out,) float64 integer-valued, accumulator scale
     acc_exp: np.ndarray        # (out,) accumulator value = acc * 2^-acc_exp
     in_bits: int               # inputs are integers with |a| < 2^in_bits
@@ -49,7 +49,8 @@ class QLayer:
     clip: float = 0.0                # 2^AB_next - 1
 
     def accumulate(self, a: np.ndarray) -> np.ndarray:
-        acc = (torch.from_numpy(a) @ self.w_t).numpy()
+        # numpy's BLAS GEMM: 2-3x torch's float64 one on the measured CPUs; exact in any order
+        acc = a @ self.w_t
         acc += self.b
         return acc
 
@@ -80,16 +81,22 @@ class QSplitLayer(QLayer):
     weight ~12 bits (measured on mnist-ctx: 1e-3 error in the pixel parameters vs float64; with
     the split 1e-4; at either precision the rate equals float32's within sampling noise)."""
 
-    w_lo_t: torch.Tensor | None = None
+    w_lo_t: np.ndarray | None = None
     lo_bits: int = 0
 
+    def __post_init__(self):
+        # hi and lo side by side: one GEMM with twice the columns gives each column the same exact
+        # integer sum as two GEMMs, ~1.7x faster on these skinny shapes
+        self.w_hilo_t = np.ascontiguousarray(np.concatenate([self.w_t, self.w_lo_t], 1))
+
     def accumulate(self, a: np.ndarray) -> np.ndarray:
-        t = torch.from_numpy(a)
-        acc = (t @ self.w_t).numpy()
+        n = self.w_t.shape[1]
+        both = a @ self.w_hilo_t
+        acc = both[:, :n]
         acc *= 2.0 ** self.lo_bits
-        acc += (t @ self.w_lo_t).numpy()
+        acc += both[:, n:]
         acc += self.b
-        return acc
+        return np.ascontiguousarray(acc)
 
 
 @dataclass
@@ -128,7 +135,7 @@ class _Prepared:
         acc_exp = row_exp + in_exp
         b_int = _round(np.ldexp(self.b, acc_exp.astype(np.int32)))
         b_int = np.clip(b_int, -2.0 ** ACC_BITS, 2.0 ** ACC_BITS)
-        return QLayer(torch.from_numpy(np.ascontiguousarray(w_int.T)), b_int, acc_exp, in_bits)
+        return QLayer(np.ascontiguousarray(w_int.T), b_int, acc_exp, in_bits)
 
     def split(self, lo_bits: int) -> "_PreparedSplit":
         """The weights at 2^lo_bits finer row scales, as integer hi and lo parts (QSplitLayer)."""
@@ -160,8 +167,8 @@ class _PreparedSplit:
             raise ModelError("exact coder path: accumulator range exceeded (internal)")
         acc_exp = self.row_exp + in_exp
         b = np.ldexp(self.b, acc_exp.astype(np.int32))                  # exact, no rounding
-        return QSplitLayer(torch.from_numpy(np.ascontiguousarray(self.w_hi.T)), b, acc_exp, in_bits,
-                           w_lo_t=torch.from_numpy(np.ascontiguousarray(self.w_lo.T)), lo_bits=self.lo_bits)
+        return QSplitLayer(np.ascontiguousarray(self.w_hi.T), b, acc_exp, in_bits,
+                           w_lo_t=np.ascontiguousarray(self.w_lo.T), lo_bits=self.lo_bits)
 
 
 def _linears(seq: torch.nn.Sequential) -> list[torch.nn.Linear]:
