@@ -14,7 +14,8 @@ import numpy as np
 import torch
 
 from .accounting import sizes_of
-from .ans.chains import DEFAULT_LATENT_BITS, FloatBackend, decode_images, encode_images
+from .ans.backends import FloatBackend
+from .ans.chains import DEFAULT_LATENT_BITS, decode_images, encode_images
 from .ans.refine import DEFAULT_REFINE_LR, RefineBackend
 from .container import Header, pack, pixels_digest, unpack
 from .errors import ContainerError, InputError
@@ -119,7 +120,10 @@ def compress(model: VAE, model_name: str, model_sha256_hex: str, pixels: np.ndar
              names: list[str] | None = None, names_stem: str = "image", n_chains: int | None = None,
              latent_bits: int = DEFAULT_LATENT_BITS, with_neg_elbo: bool = False,
              progress: Callable[[int], None] | None = None, refine_steps: int = 0,
-             refine_lr: float = DEFAULT_REFINE_LR, coder_path: str | None = None) -> tuple[bytes, dict]:
+             refine_lr: float = DEFAULT_REFINE_LR, coder_path: str | None = None,
+             workers: int = 1) -> tuple[bytes, dict]:
+    """`workers` processes code groups of chains in parallel on the exact coder path (the file is
+    the same for any number); the float32 path codes in this process."""
     symbols, scale = model_symbols(model, pixels)
     N = len(pixels)
     C = default_chains(N) if n_chains is None else n_chains
@@ -136,7 +140,7 @@ def compress(model: VAE, model_name: str, model_sha256_hex: str, pixels: np.ndar
         coder_path = default_coder_path(model, refine_steps)
     backend = make_coder_backend(coder_path, model, latent_bits, refine_steps, refine_lr_e4)
     t0 = time.perf_counter()
-    enc = encode_images(model, symbols, C, latent_bits, progress, backend=backend)
+    enc = encode_images(model, symbols, C, latent_bits, progress, backend=backend, workers=workers)
     seconds = time.perf_counter() - t0
     header = Header(model_name=model_name, model_sha256=bytes.fromhex(model_sha256_hex)[:16], engine=ENGINE,
                     torch_version=torch.__version__, coder_path=coder_path, pixel_kind=model.cfg.pixel_kind,
@@ -156,10 +160,11 @@ def compress(model: VAE, model_name: str, model_sha256_hex: str, pixels: np.ndar
 
 def decompress(data: bytes, model: VAE, model_sha256_hex: str,
                progress: Callable[[int], None] | None = None,
-               batch_split: int | None = None) -> tuple[np.ndarray, Header, dict]:
+               batch_split: int | None = None, workers: int = 1) -> tuple[np.ndarray, Header, dict]:
     """Decode a container with `model`; verifies model hash and pixel checksum. Pixels as given.
 
-    `batch_split` (exact coder path only) runs the networks on sub-batches of that many chains.
+    `batch_split` (exact coder path only) runs the networks on sub-batches of that many chains;
+    `workers` processes decode groups of chains in parallel (exact coder path).
     """
     header, chains = unpack(data)
     if header.model_sha256 != bytes.fromhex(model_sha256_hex)[:16]:
@@ -185,9 +190,11 @@ def decompress(data: bytes, model: VAE, model_sha256_hex: str,
     except InputError as e:
         raise ContainerError(f"corrupt header: {e}") from None
     symbols = decode_images(model, chains, header.n_images, model.cfg.array_shape, header.plain_images,
-                            header.latent_bits, progress, backend=backend)
+                            header.latent_bits, progress, backend=backend, workers=workers)
     seconds = time.perf_counter() - t0
-    pixels = symbols * np.uint8(header.binary_scale) if header.pixel_kind == "binary" else symbols
+    pixels = symbols
+    if header.pixel_kind == "binary":
+        pixels *= np.uint8(header.binary_scale)                  # in place: no second image array
     if pixels_digest(pixels) != header.pixels_sha256:
         raise ContainerError("decoded pixels do not match the stored checksum: this file cannot be decoded "
                              "exactly on this machine/configuration (or it is corrupt); nothing was written")

@@ -93,6 +93,15 @@ data_dir_option = click.option(
     "--data-dir", type=click.Path(file_okay=False), default=None,
     help="Dataset root (torchvision layout). Default: $VAECOMPRESS_DATA, else ~/.cache/vaecompress/data.")
 quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+workers_option = click.option(
+    "--workers", "-j", type=click.IntRange(1, 1024), default=None,
+    help="Processes coding groups of chains in parallel (exact coder path; the file is the same for "
+         "any number). Default: this machine's cores (at most one per chain).")
+
+
+def default_workers(workers: int | None) -> int:
+    from bbans_vae.ans.workers import available_cores
+    return workers or available_cores()
 
 
 # ----------------------------------------------------------------------------- train
@@ -305,8 +314,9 @@ def _load_for_coding(model_ref: str):
                    "--refine-steps, which needs it]")
 @click.option("--force", "-f", is_flag=True, help="Overwrite OUTPUT if it exists.")
 @click.option("--json", "as_json", is_flag=True, help="Print the coding report as JSON.")
+@workers_option
 @quiet_option
-def encode(inputs, output, model_ref, chains, latent_bits, refine_steps, coder_path, force, as_json, quiet):
+def encode(inputs, output, model_ref, chains, latent_bits, refine_steps, coder_path, force, as_json, workers, quiet):
     """Compress images losslessly into one .vae file.
 
     INPUT: PNG files (gray or RGB), folders of PNGs (sorted by name), .npy arrays (N,H,W) or
@@ -335,7 +345,8 @@ def encode(inputs, output, model_ref, chains, latent_bits, refine_steps, coder_p
         data, report = compress(model, model_ref, config["weights_sha256"], images.pixels,
                                 names=None if indexed else images.names, names_stem=stem or "image",
                                 n_chains=chains, latent_bits=latent_bits, progress=bar.update,
-                                refine_steps=refine_steps, coder_path=coder_path, with_neg_elbo=True)
+                                refine_steps=refine_steps, coder_path=coder_path, with_neg_elbo=True,
+                                workers=default_workers(workers))
     write_file_atomic(out, data, force=force)
     report = {"output": str(out), "model": model_ref, "bytes": len(data), **report}
     if as_json:
@@ -358,8 +369,9 @@ def encode(inputs, output, model_ref, chains, latent_bits, refine_steps, coder_p
                    "the bundled models and the checkpoints under $VAECOMPRESS_MODELS.")
 @click.option("--force", "-f", is_flag=True, help="Replace OUTDIR if it exists.")
 @click.option("--json", "as_json", is_flag=True)
+@workers_option
 @quiet_option
-def decode(input_file, output, fmt, model_ref, force, as_json, quiet):
+def decode(input_file, output, fmt, model_ref, force, as_json, workers, quiet):
     """Restore the exact pixels from a .vae file into a directory.
 
     The decoded pixels are checked against the checksum stored at encode time; on any mismatch
@@ -388,7 +400,8 @@ def decode(input_file, output, fmt, model_ref, force, as_json, quiet):
     else:
         model, config = _load_for_coding(model_ref)
     with progress_bar(header.n_images, "decode", quiet) as bar:
-        pixels, header, report = decompress(data, model, config["weights_sha256"], progress=bar.update)
+        pixels, header, report = decompress(data, model, config["weights_sha256"], progress=bar.update,
+                                            workers=default_workers(workers))
     write_outputs(pixels, header.image_names(), out, fmt, force)
     if as_json:
         echo_json({"input": str(input_file), "output": str(out), **report})

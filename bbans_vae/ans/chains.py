@@ -12,10 +12,20 @@ clone; if the clone runs empty, that image is coded *plain* (z = the most probab
 bucket, no bits back) and its index is recorded in the container. The bits not got back on
 plain images are reported as `initial_bits`: the one-time cost of starting chains. No pop ever
 reads from an empty coder, and decoding returns every chain to empty (its starting state).
+
+Codecs return what they produce: a round's posterior and pixel codecs carry the parameters they
+were built from, `bits_back(...).push_drawn` returns the latents it drew, and `push_round`
+returns the per-lane accounting; nothing is stored between calls.
+
+Workers: chains are independent stacks, so contiguous groups of chains can be coded in separate
+processes (`workers.py`). On a batch-invariant backend (the exact path) a lane's numbers do not
+depend on the other lanes in its network batch, so every worker count writes the same words; the
+float32 path always codes in one process (its numbers depend on the batch).
 """
 from __future__ import annotations
 
 import contextlib
+import functools
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -26,8 +36,10 @@ import torch
 from ..errors import ContainerError
 from ..models import VAE
 from ..models.likelihoods import table_log2_prob
-from .codecs import (AnsCoder, Bernoulli, Categorical, Codec, LatentBuckets, Message, QuantizedGaussian,
-                    Uniform, bits_back)
+from .backends import Backend, FloatBackend
+from .codecs import (AnsCoder, Bernoulli, BitsBack, Categorical, Codec, Message, QuantizedGaussian, Uniform,
+                     bits_back)
+from .workers import run_jobs, shared_array
 
 PIXEL_CODECS = {"bernoulli": Bernoulli, "categorical": Categorical, "quantized_gaussian": QuantizedGaussian}
 DEFAULT_LATENT_BITS = 8  # measured best rate for mlp-paper (k=6..12), see README
@@ -74,151 +86,76 @@ class Encoded:
         return float(self.ideal_bits.sum())
 
 
-class FloatBackend:
-    """Where the coder's distribution parameters come from: the float32 networks on this machine.
-
-    A backend has three jobs, each a pure function of its batch (docs/DESIGN.md, determinism):
-        posterior_probs(x)  (B, H, W) symbols -> (B, D, 2^k) float64 bucket masses of q(z|x)
-        pixel_params(z_idx) (B, D) bucket indices -> the pixel codec's float64 parameters
-        pixel_log2_prob(params, x) -> (B,) log2 p(x|z) as the coder sees it (for accounting)
-    and a `pixel_family` naming the codec in PIXEL_CODECS. Other backends (an exact integer
-    path, posterior refinement) implement the same three.
-
-    A context model (`n_phases` > 1) replaces pixel_params by two calls:
-        decoder_out(z_idx)            (B, D) -> the decoder's output (opaque, kept for the round)
-        phase_params(out, x_vis, p)   -> codec parameters for all pixels, valid for phase p;
-                                         reads only the pixels of phases < p of x_vis (B, P)
-    """
-
-    path = "float32"
-
-    def __init__(self, model: VAE, latent_bits: int):
-        self.model = model
-        self.buckets = LatentBuckets(latent_bits)
-        self.latent_dim = model.cfg.latent_dim
-        self.pixel_family = model.likelihood.coder_family
-        self.n_phases = model.n_phases
-        self.phase = model.phase.numpy() if self.n_phases > 1 else None          # (P,) phase per pixel
-
-    def decoder_out(self, z_idx: np.ndarray) -> torch.Tensor:
-        with torch.inference_mode():
-            return self.model.decode(self.buckets.values(z_idx))                   # (B, P*k)
-
-    def phase_params(self, out: torch.Tensor, x_vis: np.ndarray, phase: int):
-        with torch.inference_mode():
-            o = self.model.phase_out(out, torch.from_numpy(x_vis).float(), phase)
-            return self.model.likelihood.coder_params(o)
-
-    def posterior_probs(self, x: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            mu, sigma = self.model.posterior(torch.from_numpy(x))                # (B, D) each
-        return self.buckets.posterior_probs(mu, sigma)                             # (B, D, 2^k)
-
-    def pixel_params(self, z_idx: np.ndarray):
-        with torch.inference_mode():
-            return self.model.pixel_coder_params(self.buckets.values(z_idx))     # (B, P[, 256])
-
-    def pixel_log2_prob(self, params, x: np.ndarray) -> np.ndarray:
-        return self.model.likelihood.coder_log2_prob(params, x)
+# ----------------------------------------------------------------------------- codecs of a round
 
 
-class _Round:
-    """The backend's codecs for one round, with what the accounting needs stashed.
+def posterior_codec(probs: np.ndarray, plain: np.ndarray) -> Codec:
+    """q(z|x) over latent buckets, probs (lanes, D, 2^k). Lanes in `plain` (lanes,) bool are coded
+    without bits back: their pop reads nothing and gives the most probable bucket, their push
+    writes nothing."""
 
-    `plain` (lanes,) bool: lanes coded without bits-back. The encoder decides it (trial pops);
-    the decoder is told it by the container.
-    """
-
-    def __init__(self, backend: FloatBackend, plain: np.ndarray, decide_plain: bool):
-        self.backend = backend
-        self.plain, self.decide_plain = plain, decide_plain
-        self.D = backend.latent_dim
-        self.n_buckets = backend.buckets.n
-        self.safe_bits = 24 * self.D + 64
-        self.q_probs: np.ndarray | None = None
-        self.px_params = None
-        self.z: np.ndarray | None = None                      # latents popped at encode
-        self.codec = bits_back(Uniform(self.n_buckets, self.D), self.likelihood, self.posterior)
-
-    def likelihood(self, z_idx: np.ndarray) -> Codec:
-        if self.backend.n_phases > 1:
-            return self.phased_likelihood(z_idx)
-        self.px_params = self.backend.pixel_params(z_idx)
-        return PIXEL_CODECS[self.backend.pixel_family](self.px_params)
-
-    def phased_likelihood(self, z_idx: np.ndarray) -> Codec:
-        """p(x|z) of a context model: phase p's pixels coded given phases < p.
-
-        Push computes every phase's parameters from x with the pixels of phases >= p zeroed,
-        exactly the array pop has when it reaches phase p, in the same batched call per phase;
-        phases are pushed last-first so pop reads phase 0 first (ANS is a stack).
-        """
-        backend, phase = self.backend, self.backend.phase
-        family = PIXEL_CODECS[backend.pixel_family]
-        out = backend.decoder_out(z_idx)
-        sels = [phase == p for p in range(backend.n_phases)]
-
-        def visible(x: np.ndarray, p: int) -> np.ndarray:
-            return np.where(phase < p, x, 0).astype(np.uint8)
-
-        def keep(params_by_phase):  # assemble every pixel's params from its own phase (accounting)
-            full = [np.array(a) for a in _as_tuple(params_by_phase[0])]
-            for p, sel in enumerate(sels[1:], 1):
-                for f, a in zip(full, _as_tuple(params_by_phase[p])):
-                    f[:, sel] = a[:, sel]
-            self.px_params = full[0] if len(full) == 1 else tuple(full)
-
-        def push(msg: Message, x: np.ndarray) -> Message:
-            params = [backend.phase_params(out, visible(x, p), p) for p in range(backend.n_phases)]
-            for p in reversed(range(backend.n_phases)):
-                family(_select(params[p], sels[p])).push(msg, np.ascontiguousarray(x[:, sels[p]]))
-            keep(params)
-            return msg
-
-        def pop(msg: Message) -> tuple[Message, np.ndarray]:
-            x = np.zeros((len(msg), len(phase)), np.uint8)
-            params = []
-            for p in range(backend.n_phases):
-                params.append(backend.phase_params(out, x, p))
-                msg, xs = family(_select(params[p], sels[p])).pop(msg)
-                x[:, sels[p]] = xs
-            keep(params)
-            return msg, x
-
-        return Codec(push, pop)
-
-    def posterior(self, x: np.ndarray) -> Codec:
-        probs = self.q_probs = self.backend.posterior_probs(x)
-
-        def pop(msg: Message):
-            z = probs.argmax(-1)                                  # plain lanes keep the mode
-            for lane, coder in enumerate(msg):
-                if self.plain[lane]:
-                    continue
-                if self.decide_plain and coder.num_valid_bits() < self.safe_bits:
-                    trial = coder.clone()
-                    trial.decode(_CAT, probs[lane])
-                    if trial.is_empty():                          # would read past the stack
-                        self.plain[lane] = True
-                        continue
+    def pop(msg: Message) -> tuple[Message, np.ndarray]:
+        z = probs.argmax(-1)
+        for lane, coder in enumerate(msg):
+            if not plain[lane]:
                 z[lane] = coder.decode(_CAT, probs[lane])
-            self.z = z
-            return msg, z
+        return msg, z
 
-        def push(msg: Message, z: np.ndarray):
-            for lane, coder in enumerate(msg):
-                if not self.plain[lane]:
-                    coder.encode_reverse(z[lane].astype(np.int32), _CAT, probs[lane])
-            return msg
+    def push(msg: Message, z: np.ndarray) -> Message:
+        for lane, coder in enumerate(msg):
+            if not plain[lane]:
+                coder.encode_reverse(z[lane].astype(np.int32), _CAT, probs[lane])
+        return msg
 
-        return Codec(push, pop)
+    return Codec(push, pop, probs)
 
-    def ideal_bits(self, x: np.ndarray, z_idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Per lane: ideal net bits, and -log2 q(z|x) (the bits a plain image does not get back)."""
-        flat = x.reshape(x.shape[0], -1)
-        neg_log_px = -self.backend.pixel_log2_prob(self.px_params, flat)
-        neg_log_q = -table_log2_prob(self.q_probs, z_idx)
-        return neg_log_px + self.backend.buckets.bits * self.D - neg_log_q, neg_log_q
+
+def starved_lanes(msg: Message, probs: np.ndarray, safe_bits: int) -> np.ndarray:
+    """(lanes,) bool: lanes whose coder cannot give back a posterior sample yet (a trial pop on a
+    clone would read past the stack). Coders holding >= safe_bits are skipped without a trial."""
+    plain = np.zeros(len(msg), bool)
+    for lane, coder in enumerate(msg):
+        if coder.num_valid_bits() < safe_bits:
+            trial = coder.clone()
+            trial.decode(_CAT, probs[lane])
+            plain[lane] = trial.is_empty()
+    return plain
+
+
+def pixel_codec(backend: Backend, z_idx: np.ndarray, x: np.ndarray | None = None) -> Codec:
+    """p(x|z) over (lanes, P) pixel symbols; a context model codes phase p given phases < p.
+
+    Given x (the encoder knows it), every phase's parameters are computed up front from x with
+    the pixels of phases >= p zeroed, exactly the array pop has when it reaches phase p, in the
+    same batched call per phase; the codec then carries every pixel's parameters (from its own
+    phase) as `params`. Phases are pushed last-first so pop reads phase 0 first (ANS is a stack).
+    """
+    family = PIXEL_CODECS[backend.pixel_family]
+    out = backend.decoder_out(z_idx)
+    if backend.n_phases == 1:
+        return family(backend.phase_params(out, None, 0))
+    phase, n = backend.phase, backend.n_phases
+    sels = [phase == p for p in range(n)]
+
+    def all_phases(x: np.ndarray) -> list:
+        return [backend.phase_params(out, np.where(phase < p, x, 0).astype(np.uint8), p) for p in range(n)]
+
+    known = all_phases(x) if x is not None else None
+
+    def push(msg: Message, x: np.ndarray) -> Message:
+        by_phase = known if known is not None else all_phases(x)
+        for p in reversed(range(n)):
+            family(_select(by_phase[p], sels[p])).push(msg, np.ascontiguousarray(x[:, sels[p]]))
+        return msg
+
+    def pop(msg: Message) -> tuple[Message, np.ndarray]:
+        x = np.zeros((len(msg), len(phase)), np.uint8)
+        for p in range(n):
+            msg, xs = family(_select(backend.phase_params(out, x, p), sels[p])).pop(msg)
+            x[:, sels[p]] = xs
+        return msg, x
+
+    return Codec(push, pop, _assemble(known, sels) if known is not None else None)
 
 
 def _as_tuple(params) -> tuple:
@@ -231,74 +168,152 @@ def _select(params, sel: np.ndarray):
     return picked if isinstance(params, tuple) else picked[0]
 
 
-def make_backend(model: VAE, latent_bits: int, backend=None):
-    return backend if backend is not None else FloatBackend(model, latent_bits)
+def _assemble(by_phase: list, sels: list[np.ndarray]):
+    """Every pixel's parameters from its own phase's entry of `by_phase` (same structure)."""
+    full = [np.array(a) for a in _as_tuple(by_phase[0])]
+    for p, sel in enumerate(sels[1:], 1):
+        for f, a in zip(full, _as_tuple(by_phase[p])):
+            f[:, sel] = a[:, sel]
+    return full[0] if len(full) == 1 else tuple(full)
+
+
+def round_codec(backend: Backend, plain: np.ndarray, x: np.ndarray | None = None,
+                probs: np.ndarray | None = None) -> BitsBack:
+    """One round's BB-ANS codec over (lanes, P) images: uniform prior over buckets, p(x|z), q(z|x).
+
+    The encoder passes the images x and their posterior `probs` (it needed them to choose the
+    plain lanes); the decoder passes neither and computes q(z|x) once it has popped x.
+    """
+    prior = Uniform(backend.buckets.n, backend.latent_dim)
+    return bits_back(prior,
+                     likelihood=lambda z: pixel_codec(backend, z, x),
+                     posterior=lambda xs: posterior_codec(backend.posterior_probs(xs) if probs is None else probs,
+                                                          plain))
+
+
+@dataclass
+class RoundCode:
+    """What encoding one round produced, per lane (the chains' words are in the coders)."""
+
+    plain: np.ndarray                       # (lanes,) bool: coded without bits back
+    ideal_bits: np.ndarray                  # (lanes,) -log2 p(x|z) - log2 p(z) + log2 q(z|x)
+    neg_log2_q: np.ndarray                  # (lanes,) -log2 q(z|x): bits a plain lane does not get back
+
+
+def push_round(backend: Backend, msg: Message, x: np.ndarray) -> RoundCode:
+    """Push one image per lane, x (lanes, H, W) uint8, with bits back where the lane can pay."""
+    flat = x.reshape(len(x), -1)
+    probs = backend.posterior_probs(flat)
+    plain = starved_lanes(msg, probs, 24 * backend.latent_dim + 64)
+    msg, drawn = round_codec(backend, plain, flat, probs).push_drawn(msg, flat)
+    neg_log_px = -backend.pixel_log2_prob(drawn.likelihood.params, flat)
+    neg_log_q = -table_log2_prob(probs, drawn.z)
+    return RoundCode(plain, neg_log_px + backend.buckets.bits * backend.latent_dim - neg_log_q, neg_log_q)
+
+
+# ----------------------------------------------------------------------------- many images
+
+
+def chain_groups(n_chains: int, workers: int) -> list[tuple[int, int]]:
+    """Split chains 0..C-1 into at most `workers` contiguous, near-equal groups [c0, c1)."""
+    k = max(1, min(workers, n_chains))
+    bounds = [round(i * n_chains / k) for i in range(k + 1)]
+    return [(bounds[i], bounds[i + 1]) for i in range(k)]
+
+
+def _group_rounds(layout: ChainLayout, c0: int, c1: int) -> Iterator[tuple[int, np.ndarray]]:
+    """(round, image indices) of chains c0..c1-1 in each round where they code an image."""
+    for t in range(layout.n_rounds):
+        idx = np.arange(t * layout.n_chains + c0, min(t * layout.n_chains + c1, layout.n_images))
+        if len(idx):
+            yield t, idx
+
+
+def _encode_group(backend: Backend, images: np.ndarray, layout: ChainLayout, c0: int, c1: int,
+                  progress: Callable[[int], None]) -> tuple:
+    chains = [AnsCoder() for _ in range(c1 - c0)]
+    ideal, plain_idx, plain_q = [], [], []
+    with single_thread():
+        for _, idx in _group_rounds(layout, c0, c1):
+            code = push_round(backend, chains[:len(idx)], np.ascontiguousarray(images[idx]))
+            ideal.append(code.ideal_bits)
+            plain_idx.append(idx[code.plain])
+            plain_q.append(code.neg_log2_q[code.plain])
+            progress(len(idx))
+    cat = lambda parts, dtype: np.concatenate(parts) if parts else np.zeros(0, dtype)  # noqa: E731
+    return ([c.get_compressed() for c in chains], [int(c.num_valid_bits()) for c in chains],
+            cat(ideal, np.float64), cat(plain_idx, np.int64), cat(plain_q, np.float64))
 
 
 def encode_images(model: VAE, images: np.ndarray, n_chains: int, latent_bits: int = DEFAULT_LATENT_BITS,
-                  progress: Callable[[int], None] | None = None, backend=None) -> Encoded:
+                  progress: Callable[[int], None] | None = None, backend: Backend | None = None,
+                  workers: int = 1) -> Encoded:
     """Code (N, H, W) uint8 pixels ({0,1} for binary models, 0..255 for 8-bit) into C chains.
 
-    `backend` (default FloatBackend(model, latent_bits)) supplies the distributions.
+    `backend` (default FloatBackend(model, latent_bits)) supplies the distributions. With
+    `workers` > 1 and a batch-invariant backend (the exact path), groups of chains are coded in
+    parallel processes: every chain's words, hence the file, are the same for any worker count.
     """
     N = images.shape[0]
     layout = ChainLayout(N, max(1, min(n_chains, N)))
-    backend = make_backend(model, latent_bits, backend)
-    chains = [AnsCoder() for _ in range(layout.n_chains)]
-    ideal = np.zeros(N)
-    plain_images: list[int] = []
-    initial_bits = 0.0
+    backend = backend if backend is not None else FloatBackend(model, latent_bits)
     model.eval()
-    with single_thread():
-        for t in range(layout.n_rounds):
-            idx = layout.round_images(t)
-            x = np.ascontiguousarray(images[idx])
-            rnd = _Round(backend, np.zeros(len(idx), bool), decide_plain=True)
-            rnd.codec.push(chains[:len(idx)], x.reshape(len(idx), -1))
-            bits, neg_log_q = rnd.ideal_bits(x, rnd.z)
-            ideal[idx] = bits
-            plain_images.extend(int(i) for i in idx[rnd.plain])
-            initial_bits += float(neg_log_q[rnd.plain].sum())
-            if progress:
-                progress(len(idx))
+    groups = chain_groups(layout.n_chains, workers if backend.batch_invariant else 1)
+    parts = run_jobs([functools.partial(_encode_group, backend, images, layout, c0, c1) for c0, c1 in groups],
+                     progress)
+    ideal = np.zeros(N)
+    for (c0, c1), part in zip(groups, parts):
+        ideal[np.concatenate([idx for _, idx in _group_rounds(layout, c0, c1)])] = part[2]
+    plain_idx = np.concatenate([part[3] for part in parts])
+    plain_q = np.concatenate([part[4] for part in parts])
+    order = np.argsort(plain_idx, kind="stable")
+    plain_idx, plain_q = plain_idx[order], plain_q[order]
+    initial_bits = 0.0                                      # summed per round, in image order
+    rounds = plain_idx // layout.n_chains
+    for t in np.unique(rounds):
+        initial_bits += float(plain_q[rounds == t].sum())
     return Encoded(
-        chain_words=[c.get_compressed() for c in chains],
-        plain_images=sorted(plain_images),
+        chain_words=[w for part in parts for w in part[0]],
+        plain_images=[int(i) for i in plain_idx],
         ideal_bits=ideal,
         initial_bits=initial_bits,
-        payload_bits=sum(int(c.num_valid_bits()) for c in chains),
+        payload_bits=sum(b for part in parts for b in part[1]),
     )
+
+
+def _decode_group(backend: Backend, chain_words: list[np.ndarray], layout: ChainLayout, plain_images: np.ndarray,
+                  out: np.ndarray, c0: int, c1: int, progress: Callable[[int], None]) -> None:
+    try:
+        chains = [AnsCoder(np.asarray(w, dtype=np.uint32)) for w in chain_words[c0:c1]]
+    except Exception as e:  # constriction rejects e.g. a zero last word
+        raise ContainerError(f"corrupt payload: {e}") from None
+    with single_thread():
+        for _, idx in reversed(list(_group_rounds(layout, c0, c1))):
+            msg = chains[:len(idx)]
+            if any(c.is_empty() for c in msg):
+                raise ContainerError("corrupt payload: a chain ran out of data before its first image")
+            msg, x = round_codec(backend, np.isin(idx, plain_images)).pop(msg)
+            out[idx] = x.reshape(len(idx), *out.shape[1:])
+            progress(len(idx))
+    if not all(c.is_empty() for c in chains):
+        raise ContainerError("corrupt payload: data left over after the last image")
 
 
 def decode_images(model: VAE, chain_words: list[np.ndarray], n_images: int, image_shape: tuple,
                   plain_images: list[int], latent_bits: int = DEFAULT_LATENT_BITS,
-                  progress: Callable[[int], None] | None = None, backend=None) -> np.ndarray:
+                  progress: Callable[[int], None] | None = None, backend: Backend | None = None,
+                  workers: int = 1) -> np.ndarray:
     """Inverse of `encode_images`: (N, H, W) uint8 symbols. Every chain must end empty.
 
     Corrupt input is caught as early as possible: a chain that runs dry before its first image
     or holds bits after it raises ContainerError (so a hostile image count cannot make us loop).
     """
     layout = ChainLayout(n_images, len(chain_words))
-    backend = make_backend(model, latent_bits, backend)
-    try:
-        chains = [AnsCoder(np.asarray(w, dtype=np.uint32)) for w in chain_words]
-    except Exception as e:  # constriction rejects e.g. a zero last word
-        raise ContainerError(f"corrupt payload: {e}") from None
-    plain_set = np.zeros(n_images, bool)
-    plain_set[np.asarray(plain_images, dtype=np.int64)] = True
-    out = np.empty((n_images, *image_shape), np.uint8)
+    backend = backend if backend is not None else FloatBackend(model, latent_bits)
     model.eval()
-    with single_thread():
-        for t in reversed(range(layout.n_rounds)):
-            idx = layout.round_images(t)
-            rnd = _Round(backend, plain_set[idx].copy(), decide_plain=False)
-            msg = chains[:len(idx)]
-            if any(c.is_empty() for c in msg):
-                raise ContainerError("corrupt payload: a chain ran out of data before its first image")
-            msg, x = rnd.codec.pop(msg)
-            out[idx] = x.reshape(len(idx), *image_shape)
-            if progress:
-                progress(len(idx))
-    if not all(c.is_empty() for c in chains):
-        raise ContainerError("corrupt payload: data left over after the last image")
+    groups = chain_groups(layout.n_chains, workers if backend.batch_invariant else 1)
+    out = (shared_array if len(groups) > 1 else np.zeros)((n_images, *image_shape), np.uint8)
+    plain = np.unique(np.asarray(plain_images, dtype=np.int64))
+    run_jobs([functools.partial(_decode_group, backend, chain_words, layout, plain, out, c0, c1)
+              for c0, c1 in groups], progress)
     return out

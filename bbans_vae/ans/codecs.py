@@ -17,7 +17,7 @@ buckets); constriction (Bamler, 2022).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import constriction
@@ -31,8 +31,12 @@ PRECISION_BITS = 24  # constriction's Python bindings: 24-bit probabilities, 32-
 
 @dataclass(frozen=True)
 class Codec:
+    """push(msg, x) -> msg and pop(msg) -> (msg, x). `params`: the distribution's parameters where
+    the codec was built from known ones (accounting reads them from the codec, nothing is stashed)."""
+
     push: Callable[[Message, np.ndarray], Message]
     pop: Callable[[Message], tuple[Message, np.ndarray]]
+    params: Any = None
 
 
 def _family_codec(family, *params: np.ndarray) -> Codec:
@@ -48,7 +52,7 @@ def _family_codec(family, *params: np.ndarray) -> Codec:
         return msg, np.stack([coder.decode(family, *(p[lane] for p in params))
                               for lane, coder in enumerate(msg)])
 
-    return Codec(push, pop)
+    return Codec(push, pop, params[0] if len(params) == 1 else params)
 
 
 def Categorical(probs: np.ndarray) -> Codec:
@@ -91,24 +95,45 @@ def Uniform(n_symbols: int, n: int) -> Codec:
     return Codec(push, pop)
 
 
+@dataclass(frozen=True)
+class Drawn:
+    """What one bits-back push drew and coded with, per lane (returned, for accounting)."""
+
+    z: np.ndarray              # the latents popped from q(z|x)
+    posterior: Codec           # q(z|x) as coded
+    likelihood: Codec          # p(x|z) as coded
+
+
+@dataclass(frozen=True)
+class BitsBack(Codec):
+    """A bits-back codec; `push_drawn(msg, x) -> (msg, Drawn)` is `push` that also returns what it drew."""
+
+    push_drawn: Callable[[Message, np.ndarray], tuple[Message, Drawn]] | None = None
+
+
 def bits_back(prior: Codec, likelihood: Callable[[np.ndarray], Codec],
-              posterior: Callable[[np.ndarray], Codec]) -> Codec:
+              posterior: Callable[[np.ndarray], Codec]) -> BitsBack:
     """BB-ANS: code x with p(x|z) p(z), taking back the bits of z ~ q(z|x) from the stack.
 
     Net length of a push: -log p(x|z) - log p(z) + log q(z|x) bits, the negative ELBO on average.
     """
 
+    def push_drawn(msg: Message, x: np.ndarray) -> tuple[Message, Drawn]:
+        q = posterior(x)
+        msg, z = q.pop(msg)                     # sample z ~ q(z|x) by decoding: get bits back
+        lik = likelihood(z)
+        msg = lik.push(msg, x)
+        return prior.push(msg, z), Drawn(z, q, lik)
+
     def push(msg: Message, x: np.ndarray) -> Message:
-        msg, z = posterior(x).pop(msg)          # sample z ~ q(z|x) by decoding: get bits back
-        msg = likelihood(z).push(msg, x)
-        return prior.push(msg, z)
+        return push_drawn(msg, x)[0]
 
     def pop(msg: Message) -> tuple[Message, np.ndarray]:
         msg, z = prior.pop(msg)
         msg, x = likelihood(z).pop(msg)
         return posterior(x).push(msg, z), x     # return the bits we borrowed
 
-    return Codec(push, pop)
+    return BitsBack(push, pop, push_drawn=push_drawn)
 
 
 # ----------------------------------------------------------------------------- latents

@@ -13,7 +13,7 @@ import torch
 
 from ..models import VAE
 from ..optim import fit_posterior
-from .chains import FloatBackend
+from .backends import FloatBackend
 
 DEFAULT_REFINE_LR = 0.02
 

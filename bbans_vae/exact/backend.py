@@ -2,9 +2,11 @@
 integer networks and table lookups, reproducible bit for bit."""
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 
-from ..errors import InputError, ModelError
+from ..errors import InputError
 from ..models import SIGMA_FLOOR, VAE
 from ..models.likelihoods import (GAUSSIAN_LOG_STD_RANGE, LOGISTIC_LOG_SCALE_RANGE, MEAN_HALF_RANGE,
                                  SCALE_UNIT)
@@ -18,13 +20,15 @@ EXACT_ARCHS = ("mlp", "ctx")  # architectures this integer arithmetic implements
 
 
 class ExactBackend:
-    """Same interface as ans.chains.FloatBackend; every output is reproducible bit for bit.
+    """The `ans.backends.Backend` protocol on the exact integer networks: every output is
+    reproducible bit for bit, whatever the batch (so chains may be split across processes).
 
     `batch_split=k` evaluates the networks on sub-batches of k lanes (results are identical by
     construction; tests use it to show that batch composition does not matter).
     """
 
     path = "exact"
+    batch_invariant = True
 
     def __init__(self, model: VAE, latent_bits: int, batch_split: int | None = None):
         if model.cfg.arch not in EXACT_ARCHS:
@@ -73,21 +77,13 @@ class ExactBackend:
         mu, sigma = self.posterior_params(x)
         return self.buckets.posterior_probs(mu, sigma)
 
-    # -- p(x|z)
-    def pixel_params(self, z_idx: np.ndarray):
-        return self._split(self._pixel_params, np.asarray(z_idx, dtype=np.int64))
-
-    def _pixel_params(self, z_idx: np.ndarray):
-        if self.n_phases > 1:
-            raise ModelError("a context model's pixel parameters depend on x: use phase_params per phase")
-        out = self.net.decoder(self._centers_int[z_idx])
-        return self.params_from_output(out)
-
-    # -- p(x|z) of a context model, phase by phase (see ans.chains.FloatBackend)
+    # -- p(x|z): decoder output, then each phase's parameters (one phase without pixel context)
     def decoder_out(self, z_idx: np.ndarray) -> np.ndarray:
         return self._split(lambda z: self.net.decoder(self._centers_int[z]), np.asarray(z_idx, dtype=np.int64))
 
-    def phase_params(self, out: np.ndarray, x_vis: np.ndarray, phase: int):
+    def phase_params(self, out: np.ndarray, x_vis: np.ndarray | None, phase: int):
+        if self.n_phases == 1:
+            return self._split(self.params_from_output, out)
         vis, sel = self.phase < phase, self.phase == phase    # only phase `phase`'s pixels are valid
         return self._split(lambda i: self.params_from_output(self.net.context(out[i], x_vis[i], vis, sel)),
                            np.arange(len(out)))
@@ -155,18 +151,27 @@ class ExactBackend:
         return self.model.likelihood.coder_log2_prob(params, x)
 
 
-_CACHE: dict = {}
+_NETWORKS: dict[str, ExactNetworks] = {}
+_NETWORKS_KEPT = 4
+
+
+def weights_digest(model: VAE) -> str:
+    """sha256 of the model's config and parameter bytes: what its exact networks are a function of."""
+    h = hashlib.sha256(repr(model.cfg.to_dict()).encode())
+    for name, p in model.state_dict().items():
+        h.update(name.encode())
+        h.update(p.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
 
 
 def exact_networks(model: VAE) -> ExactNetworks:
-    """The model's exact networks, cached per model object and weight version."""
-    key = id(model)
-    version = tuple((p.data_ptr(), p._version) for p in model.parameters())
-    hit = _CACHE.get(key)
-    if hit is not None and hit[0] is model and hit[1] == version:
-        return hit[2]
-    net = ExactNetworks(model)
-    if len(_CACHE) > 8:
-        _CACHE.clear()
-    _CACHE[key] = (model, version, net)
+    """The model's exact networks, built once per distinct weights (keyed by their content, so a
+    model trained further, or a copy, gets the right ones; the models themselves are not kept)."""
+    key = weights_digest(model)
+    net = _NETWORKS.get(key)
+    if net is None:
+        net = ExactNetworks(model)
+        if len(_NETWORKS) >= _NETWORKS_KEPT:
+            _NETWORKS.pop(next(iter(_NETWORKS)))
+        _NETWORKS[key] = net
     return net
