@@ -73,9 +73,19 @@ def default_chains(n_images: int) -> int:
     return int(min(32, max(1, n_images // 1000)))
 
 
+def pixel_values(pixels: np.ndarray) -> np.ndarray:
+    """The distinct values of a uint8 array, read in chunks: no sorted copy of the whole array
+    (np.unique on 60k MNIST images: +47 MB and 2.3 s)."""
+    seen = np.zeros(256, bool)
+    flat = pixels.reshape(-1)
+    for i in range(0, flat.size, 1 << 20):
+        seen[flat[i:i + (1 << 20)]] = True
+    return np.flatnonzero(seen)
+
+
 def binary_scale(pixels: np.ndarray) -> int | None:
     """1 if every value is 0 or 1, 255 if every value is 0 or 255 (binary images), else None."""
-    values = np.unique(pixels)
+    values = pixel_values(pixels)
     if np.all(np.isin(values, (0, 1))):
         return 1
     if np.all(np.isin(values, (0, 255))):
@@ -108,8 +118,8 @@ def model_symbols(model: VAE, pixels: np.ndarray) -> tuple[np.ndarray, int]:
     if scale == 1:
         return pixels, 1
     if scale == 255:
-        return (pixels // 255).astype(np.uint8), 255
-    values = np.unique(pixels)
+        return pixels // np.uint8(255), 255
+    values = pixel_values(pixels)
     bad = values[~np.isin(values, (0, 1, 255))]
     example = int(bad[0]) if len(bad) else 1
     raise InputError(f"the model codes binary images (values 0/1 or 0/255) but the input has value {example}; "
