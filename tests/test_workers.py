@@ -96,7 +96,9 @@ def test_ctrl_c_stops_every_worker_and_writes_nothing(tmp_path):
     out = tmp_path / "out.vae"
     proc = subprocess.Popen([sys.executable, "-m", "vaecompress_cli.main", "encode", str(tmp_path / "x.npy"),
                              "-o", str(out), "--model", "mnist-bin-ctx", "--workers", "2", "--quiet"],
-                            start_new_session=True, stderr=subprocess.PIPE)
+                            start_new_session=True, stderr=subprocess.PIPE,
+                            # a shell's background job starts with SIGINT ignored; Ctrl-C needs it live
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     time.sleep(8)                                      # model loaded, workers coding
     children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
     os.killpg(proc.pid, signal.SIGINT)
