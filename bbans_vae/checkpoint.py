@@ -9,10 +9,18 @@ The sha256 of the weights file is checked on every load and recorded in every .v
 A *model reference* (what `--model` and `eval MODEL` accept) is a bundled model name (listed by
 `vaecompress models`), a checkpoint directory, or a training run directory (its newest checkpoint).
 
-Decoding without a model reference finds the model a file names (`locate_model`): the bundled
-model of that name, then any bundled model, then the checkpoints under the directories of
-`$VAECOMPRESS_MODELS` (separated by the OS path separator), always by the weights' sha256 the
-file records. A path written in a file is never opened.
+Decoding without a model reference finds the model a file names (`locate_model`, implemented
+torch-free in `model_search`): the bundled model of that name (version-1 files), then any
+bundled model, then the checkpoints under the directories of `$VAECOMPRESS_MODELS` (separated
+by the OS path separator), always by the weights' sha256 the file records. A path written in a
+file is never opened, and the error is the same whether or not such a directory exists.
+
+Model directories are treated as untrusted: config.json is parsed strictly (no NaN/Infinity,
+integers of at most 18 digits, nesting at most 32 deep, no floats where integers belong), the
+architecture's parameter count is computed on torch's meta device and capped
+(`limits.MAX_PARAMETERS`) before anything is allocated, the weights file's size and every
+tensor's name, dtype and exact shape are checked from its header before it is read, and the
+loaded weights must be finite.
 """
 from __future__ import annotations
 
@@ -23,18 +31,16 @@ import tempfile
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from . import limits
 from .errors import ModelError
 from .models import VAE, ModelConfig, build_model
 
-FORMAT = "vaecompress-checkpoint/1"
-WEIGHTS = "model.safetensors"
-CONFIG = "config.json"
-BUNDLED_DIR = Path(__file__).resolve().parent / "bundled" / "models"
-MAX_CONFIG_BYTES = 1 << 20
-MODELS_ENV = "VAECOMPRESS_MODELS"
+from .model_search import (BUNDLED_DIR, CONFIG, FORMAT, MAX_CONFIG_BYTES, MODELS_ENV, WEIGHTS,  # noqa: F401
+                           bundled_models, find_model, locate_model, models_search_path, newest_checkpoint,
+                           parse_config_text, read_config)
 
 
 def sha256_file(path: Path) -> str:
@@ -82,52 +88,101 @@ def save_checkpoint(ckpt_dir: Path, model: VAE, meta: dict) -> dict:
     return config
 
 
-def read_config(ckpt_dir: Path) -> dict:
-    path = Path(ckpt_dir) / CONFIG
+# keys of the "model" section whose values are integers, and their ranges
+_INT_FIELDS = {"latent_dim": (1, 4096), "mixtures": (1, 16), "context_channels": (0, 4096)}
+_MAX_HIDDEN_LAYERS = 64
+_MAX_WIDTH = 1 << 24
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def check_model_dict(d) -> None:
+    """Types and integer ranges of a config's "model" section, before ModelConfig reads it:
+    integers must be JSON integers (500.7, 1e9, "500" and true are refused, not truncated)."""
+    if not isinstance(d, dict):
+        raise ModelError("the config's model section is not an object")
+    for key in ("arch", "pixel_kind", "likelihood"):
+        if not isinstance(d.get(key), str) or len(d[key]) > 64:
+            raise ModelError(f"model config: {key} must be a string")
+    shape = d.get("image_shape")
+    if not isinstance(shape, list) or not 2 <= len(shape) <= 3 or not all(_is_int(v) and 1 <= v <= 1 << 15 for v in shape):
+        raise ModelError("model config: image_shape must be a list of 2 or 3 integers in 1..32768")
+    hidden = d.get("hidden")
+    if (not isinstance(hidden, list) or not 1 <= len(hidden) <= _MAX_HIDDEN_LAYERS
+            or not all(_is_int(v) and 1 <= v <= _MAX_WIDTH for v in hidden)):
+        raise ModelError(f"model config: hidden must be a list of 1..{_MAX_HIDDEN_LAYERS} integers in 1..{_MAX_WIDTH}")
+    for key, (lo, hi) in _INT_FIELDS.items():
+        if key in d and not (_is_int(d[key]) and lo <= d[key] <= hi):
+            raise ModelError(f"model config: {key} must be an integer in {lo}..{hi}")
+    if "latent_dim" not in d:
+        raise ModelError("model config: latent_dim is missing")
+    for key, v in d.items():   # fields added later: integers, strings or lists of integers only
+        if isinstance(v, float) or isinstance(v, bool) or isinstance(v, dict) or (
+                isinstance(v, list) and not all(_is_int(x) for x in v)):
+            raise ModelError(f"model config: {key} has an unexpected type")
+
+
+def model_config(config: dict) -> ModelConfig:
+    """The checked ModelConfig of a config.json, its size capped before anything is built."""
+    check_model_dict(config.get("model"))
+    cfg = ModelConfig.from_dict(config["model"])
     try:
-        if path.stat().st_size > MAX_CONFIG_BYTES:
-            raise ModelError(f"{path} is larger than {MAX_CONFIG_BYTES} bytes; not a vaecompress config")
-        config = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ModelError(f"{path} is missing: not a vaecompress checkpoint directory") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ModelError(f"cannot read {path}: {e}") from None
-    if not isinstance(config, dict) or config.get("format") != FORMAT:
-        raise ModelError(f"{path} is not a {FORMAT} config")
-    return config
+        limits.check_model_size(cfg)
+    except limits.LimitError as e:
+        raise ModelError(str(e)) from None
+    return cfg
+
+
+def _check_weights_file(weights: Path, model: VAE) -> None:
+    """Size, names, dtypes and exact shapes from the safetensors header, before reading the data."""
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    n_bytes = 4 * sum(int(torch.Size(s).numel()) for s in expected.values())
+    size = weights.stat().st_size
+    if size > n_bytes + (1 << 20):
+        raise ModelError(f"{weights} is {size:,} bytes; the model's config needs {n_bytes:,}: corrupt or replaced")
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            keys = set(f.keys())
+            if keys != set(expected):
+                missing, extra = sorted(set(expected) - keys), sorted(keys - set(expected))
+                raise ModelError(f"{weights} does not fit its config (missing {missing[:3]}, unexpected {extra[:3]})")
+            for k in sorted(keys):
+                sl = f.get_slice(k)
+                if tuple(sl.get_shape()) != expected[k] or sl.get_dtype() not in ("F32",):
+                    raise ModelError(f"{weights}: tensor {k} is {sl.get_dtype()} {tuple(sl.get_shape())}; the config "
+                                     f"needs F32 {expected[k]}")
+    except (SafetensorError, OSError) as e:
+        raise ModelError(f"cannot load weights {weights}: {str(e).splitlines()[0] if str(e) else e}") from None
 
 
 def load_checkpoint(ckpt_dir: Path, device: str = "cpu") -> tuple[VAE, dict]:
     """Build the model from config.json and load its weights after checking their sha256."""
     ckpt_dir = Path(ckpt_dir)
     config = read_config(ckpt_dir)
-    cfg = ModelConfig.from_dict(config.get("model") or {})
+    cfg = model_config(config)
     weights = ckpt_dir / WEIGHTS
     if not weights.is_file():
         raise ModelError(f"{weights} is missing")
+    if weights.stat().st_size > limits.MAX_MODEL_FILE_BYTES:
+        raise ModelError(f"{weights} is larger than {limits.MAX_MODEL_FILE_BYTES:,} bytes")
     digest = sha256_file(weights)
     if digest != config.get("weights_sha256"):
         raise ModelError(f"{weights} does not match the sha256 in its config.json "
                          f"({digest[:12]}... vs {str(config.get('weights_sha256'))[:12]}...): corrupt or replaced")
     model = build_model(cfg)
+    _check_weights_file(weights, model)
     try:
         state = load_file(str(weights), device=device)
+        bad = sorted(k for k, v in state.items() if not bool(torch.isfinite(v).all()))
+        if bad:
+            raise ModelError(f"{weights}: tensor {bad[0]} holds NaN or infinite values")
         model.load_state_dict(state)
     except (SafetensorError, RuntimeError, OSError) as e:
         raise ModelError(f"cannot load weights {weights}: {str(e).splitlines()[0]}") from None
     model.to(device).eval()
     return model, config
-
-
-def bundled_models() -> dict[str, Path]:
-    if not BUNDLED_DIR.is_dir():
-        return {}
-    return {p.name: p for p in sorted(BUNDLED_DIR.iterdir()) if (p / CONFIG).is_file()}
-
-
-def newest_checkpoint(run_dir: Path) -> Path | None:
-    ckpts = sorted(p for p in (run_dir / "checkpoints").glob("epoch_*") if (p / CONFIG).is_file())
-    return ckpts[-1] if ckpts else None
 
 
 def resolve_model(ref: str) -> Path:
@@ -151,37 +206,3 @@ def load_model(ref: str, device: str = "cpu") -> tuple[VAE, dict, Path]:
     path = resolve_model(ref)
     model, config = load_checkpoint(path, device)
     return model, config, path
-
-
-def _checkpoints_under(root: Path) -> list[Path]:
-    """Checkpoint directories at `root`, one level below it, and in run directories there."""
-    found: list[Path] = []
-    for d in [root, *sorted(p for p in root.iterdir() if p.is_dir())] if root.is_dir() else []:
-        if (d / CONFIG).is_file():
-            found.append(d)
-        found += sorted(p for p in (d / "checkpoints").glob("epoch_*") if (p / CONFIG).is_file())
-    return found
-
-
-def models_search_path() -> list[Path]:
-    """The directories of $VAECOMPRESS_MODELS, in order."""
-    return [Path(p) for p in os.environ.get(MODELS_ENV, "").split(os.pathsep) if p]
-
-
-def locate_model(name: str, sha256_prefix: bytes, search_path: list[Path] | None = None) -> Path:
-    """The checkpoint directory whose weights' sha256 starts with `sha256_prefix` (see the module
-    docstring for the order). ModelError, naming the file's model, if there is none."""
-    bundled = bundled_models()
-    candidates = ([bundled[name]] if name in bundled else []) + list(bundled.values())
-    for root in models_search_path() if search_path is None else search_path:
-        candidates += _checkpoints_under(Path(root))
-    for ckpt in candidates:
-        try:
-            digest = str(read_config(ckpt).get("weights_sha256", ""))
-        except ModelError:
-            continue
-        if digest[:2 * len(sha256_prefix)] == sha256_prefix.hex():
-            return ckpt
-    raise ModelError(f"this file was encoded with model {name!r} (weights sha256 {sha256_prefix.hex()[:16]}...), "
-                     f"which is not bundled nor under ${MODELS_ENV}; pass the model (--model) or add its "
-                     f"checkpoint directory to ${MODELS_ENV}")

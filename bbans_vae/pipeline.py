@@ -17,20 +17,21 @@ from .accounting import sizes_of
 from .ans.backends import FloatBackend
 from .ans.chains import DEFAULT_LATENT_BITS, decode_images, encode_images
 from .ans.refine import DEFAULT_REFINE_LR, RefineBackend
-from .container import Header, pack, pixels_digest, unpack
+from . import limits
+from .container import (ENGINES, Header, block_digests, block_layout, machine_fingerprint, name_problem, pack,
+                        pixels_digest, printable, unpack)
 from .errors import ContainerError, InputError
 from .models import VAE
 from .objectives import dataset_neg_elbo_bits
 
 ENGINE = f"constriction {constriction.__version__}" if hasattr(constriction, "__version__") else "constriction 0.5.0"
-MAX_CHAINS = 4096
-MAX_TABLE_ENTRIES = 1 << 27  # float64 entries in one round's probability table (1 GiB)
+MAX_CHAINS = limits.MAX_CHAINS
+MAX_TABLE_ENTRIES = limits.MAX_TABLE_ENTRIES
 
 
 def table_entries(model: VAE, n_chains: int, latent_bits: int) -> int:
     """Entries of the largest per-round table: posterior buckets or pixel tables, all lanes."""
-    per_pixel = 256 if model.likelihood.coder_family == "categorical" else 2
-    return n_chains * max(model.cfg.latent_dim << latent_bits, model.cfg.n_pixels * per_pixel)
+    return limits.table_entries(model.cfg, n_chains, latent_bits)
 
 
 # "exact" decodes on any machine; measured on 10k MNIST test images (mlp-bin, mlp-paper, mlp-8bit):
@@ -140,25 +141,40 @@ def compress(model: VAE, model_name: str, model_sha256_hex: str, pixels: np.ndar
     if not 1 <= C <= MAX_CHAINS:
         raise InputError(f"--chains must be in 1..{MAX_CHAINS}")
     C = min(C, N)
-    if table_entries(model, C, latent_bits) > MAX_TABLE_ENTRIES:
-        raise InputError(f"{C} chains x 2^{latent_bits} latent buckets need too much memory per round; "
-                         "use fewer --chains or --latent-bits")
-    if not 0 <= refine_steps <= 10_000:
-        raise InputError("--refine-steps must be in 0..10000")
+    try:
+        limits.check_chains(C, model.cfg, latent_bits)
+    except limits.LimitError as e:
+        raise InputError(str(e)) from None
+    if not 0 <= refine_steps <= limits.MAX_REFINE_STEPS:
+        raise InputError(f"--refine-steps must be in 0..{limits.MAX_REFINE_STEPS}")
     refine_lr_e4 = int(round(refine_lr * 1e4))
+    if refine_steps and not 1 <= refine_lr_e4 <= 100_000:
+        raise InputError("the refinement step size must be in 0.0001..10")
+    if ENGINE not in ENGINES:
+        raise InputError(f"this install's ANS engine ({ENGINE}) has no code in the container format; "
+                         f"install {ENGINES[-1]}")
+    for n in ([names_stem] if names is None else names):
+        problem = name_problem(n)
+        if problem is not None:
+            raise InputError(f"image name '{printable(n)}' is not allowed: {problem}")
+    if names is not None and len({n.casefold() for n in names}) != len(names):
+        raise InputError("two images have the same name")
     if coder_path is None:
         coder_path = default_coder_path(model, refine_steps)
     backend = make_coder_backend(coder_path, model, latent_bits, refine_steps, refine_lr_e4)
     t0 = time.perf_counter()
     enc = encode_images(model, symbols, C, latent_bits, progress, backend=backend, workers=workers)
     seconds = time.perf_counter() - t0
-    header = Header(model_name=model_name, model_sha256=bytes.fromhex(model_sha256_hex)[:16], engine=ENGINE,
+    header = Header(model_name=model_name, model_sha256=bytes.fromhex(model_sha256_hex)[:8], engine=ENGINE,
                     torch_version=torch.__version__, coder_path=coder_path, pixel_kind=model.cfg.pixel_kind,
                     binary_scale=scale, height=pixels.shape[1], width=pixels.shape[2], n_images=N,
                     latent_bits=latent_bits, refine_steps=refine_steps, refine_lr_e4=refine_lr_e4 if refine_steps else 0,
                     chain_words=[len(w) for w in enc.chain_words],
                     plain_images=enc.plain_images, names_stem=None if names is not None else names_stem,
-                    names=names, pixels_sha256=pixels_digest(pixels))
+                    names=names, pixels_sha256=pixels_digest(pixels),
+                    machine=machine_fingerprint() if coder_path == "float32" else None,
+                    block_checks=block_digests(pixels, len(enc.chain_words), refine_steps),
+                    channels=model.cfg.channels)
     data = pack(header, enc.chain_words)
     nelbo = float(dataset_neg_elbo_bits(model, symbols).sum()) if with_neg_elbo else None
     report = sizes_of(header, enc.chain_words, 8 * len(data), initial_bits=enc.initial_bits,
@@ -168,45 +184,117 @@ def compress(model: VAE, model_name: str, model_sha256_hex: str, pixels: np.ndar
     return data, report
 
 
+FLOAT32_ELSEWHERE = ("this file was encoded on the float32 path on another machine configuration: decode it "
+                     "there, or re-encode with the default exact path")
+
+
 def decompress(data: bytes, model: VAE, model_sha256_hex: str,
                progress: Callable[[int], None] | None = None,
-               batch_split: int | None = None, workers: int = 1) -> tuple[np.ndarray, Header, dict]:
-    """Decode a container with `model`; verifies model hash and pixel checksum. Pixels as given.
+               batch_split: int | None = None, workers: int = 1,
+               max_memory: int | None = None) -> tuple[np.ndarray, Header, dict]:
+    """Decode a container with `model`; verifies model hash and pixel checksums. Pixels as given.
 
     `batch_split` (exact coder path only) runs the networks on sub-batches of that many chains;
     `workers` processes decode groups of chains in parallel (exact coder path).
     """
     header, chains = unpack(data)
-    if header.model_sha256 != bytes.fromhex(model_sha256_hex)[:16]:
-        raise ContainerError(f"this file was encoded with model {header.model_name!r} "
-                             f"(weights sha256 {header.model_sha256.hex()}...), not with the model given "
-                             f"({model_sha256_hex[:32]}...); pass --model with the encoder's checkpoint")
+    return decompress_parsed(header, chains, model, model_sha256_hex, progress, batch_split, max_memory,
+                             workers=workers)
+
+
+def check_decodable(header: Header, model: VAE, model_sha256_hex: str, max_memory: int | None = None,
+                    max_output_bytes: int | None = None) -> int:
+    """Everything decode checks before allocating: model, engine, shapes, limits, memory (returns
+    the memory estimate in bytes). Raises ContainerError / LimitError."""
+    want = bytes.fromhex(model_sha256_hex)[:len(header.model_sha256)]
+    if header.model_sha256 != want:
+        named = f" {printable(header.model_name)!r}" if header.model_name else ""
+        raise ContainerError(f"this file was encoded with model{named} (weights sha256 {header.model_sha256.hex()}...), "
+                             f"not with the model given ({model_sha256_hex[:16]}...); pass --model with the "
+                             "encoder's checkpoint")
     if header.engine != ENGINE:
-        raise ContainerError(f"this file was written with {header.engine}; this install has {ENGINE}")
-    # the header holds H and W; the channel count is the model's, which model_sha256 pins
+        raise ContainerError(f"this file was written with {printable(header.engine)}; this install has {ENGINE}")
+    if header.shapes:
+        raise ContainerError("this file holds images of several shapes; this model codes "
+                             f"{model.cfg.image_shape[0]}x{model.cfg.image_shape[1]} images")
+    # version 2 stores the channel count; version 1 holds H and W only (the model's hash pins C)
+    if header.version >= 2 and header.channels != model.cfg.channels:
+        raise ContainerError(f"header says {header.channels}-channel images; the model codes {model.cfg.channels}")
     if header.pixel_kind != model.cfg.pixel_kind or header.image_shape != tuple(model.cfg.image_shape):
         raise ContainerError(f"header says {header.pixel_kind} {header.height}x{header.width} images; "
                              "the model does not code those")
-    if table_entries(model, header.n_chains, header.latent_bits) > MAX_TABLE_ENTRIES:
-        raise ContainerError(f"corrupt header: {header.n_chains} chains with 2^{header.latent_bits} latent "
-                             "buckets would need too much memory to decode")
+    try:
+        limits.check_chains(header.n_chains, model.cfg, header.latent_bits, what="the file's chain count")
+    except limits.LimitError as e:
+        raise ContainerError(f"corrupt header: {e}") from None
     max_images = 32 * sum(header.chain_words) + header.n_chains
     if header.n_images > max_images:
         raise ContainerError(f"corrupt header: {header.n_images} images cannot fit in {sum(header.chain_words)} words")
+    output_bytes = header.n_images * model.cfg.n_pixels       # H x W x C per image (v1 headers hold no C)
+    if max_output_bytes is not None and output_bytes > max_output_bytes:
+        raise limits.LimitError(f"this file decodes to {output_bytes:,} bytes of pixels, more than "
+                                f"--max-output-bytes {max_output_bytes:,}")
+    need = limits.decode_memory_bytes(model.cfg, header.n_chains, header.latent_bits, output_bytes,
+                                      header.header_bytes + 4 * sum(header.chain_words),
+                                      exact=header.coder_path == "exact",
+                                      n_parameters=sum(p.numel() for p in model.parameters()))
+    limits.check_decode_memory(need, max_memory)
+    return need
+
+
+class _BlockChecks:
+    """Called after every decoded round: checks each block's pixels against its stored 2-byte
+    digest as soon as the block is complete (blocks are completed last-first)."""
+
+    def __init__(self, header: Header):
+        self.size, self.n_blocks = block_layout(header.n_images, header.n_chains, header.refine_steps)
+        self.checks = header.block_checks
+        self.scale = np.uint8(header.binary_scale) if header.pixel_kind == "binary" else None
+        self.parts: list[tuple[int, np.ndarray]] = []
+
+    def __call__(self, idx: np.ndarray, x: np.ndarray) -> None:
+        if not self.checks:
+            return
+        self.parts.append((int(idx[0]), x if self.scale is None else x * self.scale))
+        j = int(idx[0]) // self.size
+        if int(idx[0]) != j * self.size:
+            return
+        block = np.concatenate([p for _, p in sorted(self.parts, key=lambda t: t[0])])
+        self.parts = []
+        if pixels_digest(block, 2) != self.checks[2 * j:2 * j + 2]:
+            raise ContainerError(f"corrupt payload: the decoded pixels of block {j + 1} of {self.n_blocks} do not "
+                                 "match their checksum; nothing was written")
+
+
+def decompress_parsed(header: Header, chains: list[np.ndarray], model: VAE, model_sha256_hex: str,
+                      progress: Callable[[int], None] | None = None, batch_split: int | None = None,
+                      max_memory: int | None = None, max_output_bytes: int | None = None, workers: int = 1
+                      ) -> tuple[np.ndarray, Header, dict]:
+    """`decompress` for a container already read (`container.read_file` / `unpack`)."""
+    check_decodable(header, model, model_sha256_hex, max_memory, max_output_bytes)
     t0 = time.perf_counter()
     try:
         backend = make_coder_backend(header.coder_path, model, header.latent_bits, header.refine_steps,
                                      header.refine_lr_e4, batch_split)
     except InputError as e:
         raise ContainerError(f"corrupt header: {e}") from None
-    symbols = decode_images(model, chains, header.n_images, model.cfg.array_shape, header.plain_images,
-                            header.latent_bits, progress, backend=backend, workers=workers)
+    try:
+        symbols = decode_images(model, chains, header.n_images, model.cfg.array_shape, header.plain_images,
+                                header.latent_bits, progress, backend=backend, workers=workers,
+                                on_round=_BlockChecks(header))
+        pixels = symbols
+        if header.pixel_kind == "binary":
+            pixels *= np.uint8(header.binary_scale)                  # in place: no second image array
+        if pixels_digest(pixels, len(header.pixels_sha256)) != header.pixels_sha256:
+            raise ContainerError("decoded pixels do not match the stored checksum: the file is corrupt; "
+                                 "nothing was written")
+    except ContainerError as e:
+        if header.coder_path == "float32":
+            if header.version >= 2 and header.machine != machine_fingerprint():
+                raise ContainerError(FLOAT32_ELSEWHERE) from None
+            if header.version == 1:
+                raise ContainerError(f"{FLOAT32_ELSEWHERE} (or it is corrupt: {e})") from None
+        raise
     seconds = time.perf_counter() - t0
-    pixels = symbols
-    if header.pixel_kind == "binary":
-        pixels *= np.uint8(header.binary_scale)                  # in place: no second image array
-    if pixels_digest(pixels) != header.pixels_sha256:
-        raise ContainerError("decoded pixels do not match the stored checksum: this file cannot be decoded "
-                             "exactly on this machine/configuration (or it is corrupt); nothing was written")
     return pixels, header, {"n_images": header.n_images, "decode_seconds": seconds,
                             "decode_images_per_second": header.n_images / seconds if seconds > 0 else None}

@@ -11,16 +11,20 @@ kept: only the 8-bit gray or RGB values are coded.
 Outputs (`write_outputs`, `write_file_atomic`): everything is written to a temporary
 sibling of the destination, flushed and fsynced, then renamed into place, so a reader never
 sees a half-written result. An existing destination is only replaced with `force`, and then
-only after the new one is complete. Output names may come from a file header, so they are
-treated as hostile: path separators, `.`/`..`, control characters are refused.
+only after the new one is complete, and only if it is a regular file (never a device, FIFO,
+socket or symbolic link). `decode --force` into an existing folder replaces only the files it
+writes there (each atomically) and leaves everything else in the folder alone.
+`check_output_file` / `check_output_dir` do every check that can fail before the work starts.
+Output names may come from a file header, so they are treated as hostile: only the safe set of
+`bbans_vae.container.name_problem` is written.
 """
 
 from __future__ import annotations
 
 import gzip
 import os
-import secrets
 import shutil
+import stat
 import struct
 import tempfile
 import warnings
@@ -30,9 +34,11 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from bbans_vae.container import name_problem, printable, safe_name
 from bbans_vae.errors import InputError, OutputError
 
-__all__ = ["ImageSet", "read_inputs", "write_outputs", "write_file_atomic", "MAX_PIXELS"]
+__all__ = ["ImageSet", "read_inputs", "write_outputs", "write_file_atomic", "check_output_file",
+           "check_output_dir", "output_files", "MAX_PIXELS"]
 
 MAX_PIXELS = 2**31
 
@@ -380,17 +386,9 @@ def _load_idx(entry: _Entry) -> np.ndarray:
 # names ----------------------------------------------------------------------------
 
 
-def _bad_char(c: str) -> bool:
-    if c in "/\\\0" or c == os.sep or (os.altsep and c == os.altsep):
-        return True
-    if ord(c) < 32 or ord(c) == 127 or 0xD800 <= ord(c) <= 0xDFFF:
-        return True  # control characters, undecodable bytes (surrogate escapes)
-    return False
-
-
 def _sanitize(name: str) -> str:
-    name = "".join("_" if _bad_char(c) else c for c in name)
-    return "_" if name in ("", ".", "..") else name
+    """The safe output name closest to `name` (disallowed characters become '_')."""
+    return safe_name(name)
 
 
 def _dedupe(names: list[str]) -> list[str]:
@@ -410,10 +408,11 @@ def _dedupe(names: list[str]) -> list[str]:
 def _check_names(names: list[str]) -> None:
     seen: set[str] = set()
     for name in names:
-        if not isinstance(name, str) or name in ("", ".", "..") or any(_bad_char(c) for c in name):
+        problem = name_problem(name)
+        if problem is not None:
             raise OutputError(
-                f"refusing to write an output named {name!r}: names must be non-empty and contain "
-                "no path separators, '..' or control characters; the input file may be corrupt or hostile"
+                f"refusing to write an output named '{printable(name)}' ({problem}); "
+                "the input file may be corrupt or hostile"
             )
         key = name.casefold()
         if key in seen:
@@ -450,16 +449,6 @@ def _write_fsynced(path: Path, write) -> None:
         os.fsync(f.fileno())
 
 
-def _remove(path: Path) -> None:
-    try:
-        if path.is_symlink() or not path.is_dir():
-            path.unlink()
-        else:
-            shutil.rmtree(path)
-    except FileNotFoundError:
-        pass
-
-
 def _ensure_parent(path: Path) -> Path:
     parent = path.parent
     try:
@@ -469,11 +458,12 @@ def _ensure_parent(path: Path) -> Path:
     return parent
 
 
-def _publish(dest: Path, make: Callable[[Path], Path], fill_and_publish: Callable[[Path], None]) -> None:
-    """Make a temporary file or folder next to `dest` (make(parent)), fill it and move it into
-    place (fill_and_publish(tmp)); an OSError becomes one OutputError line, and a temporary
+def _publish(dest: Path, make: Callable[[Path], Path], fill_and_publish: Callable[[Path], None],
+             parent: Path | None = None) -> None:
+    """Make a temporary file or folder in `parent` (default: next to `dest`), fill it and move it
+    into place (fill_and_publish(tmp)); an OSError becomes one OutputError line, and a temporary
     that was not published is removed."""
-    parent = _ensure_parent(dest)
+    parent = _ensure_parent(dest) if parent is None else parent
     tmp: Path | None = None
     try:
         try:
@@ -490,23 +480,86 @@ def _publish(dest: Path, make: Callable[[Path], Path], fill_and_publish: Callabl
     _fsync_dir(parent)
 
 
+def output_files(names: list[str], fmt: str) -> list[str]:
+    """The file names `write_outputs` creates inside the output folder."""
+    if fmt not in ("png", "npy"):
+        raise ValueError(f"unknown output format {fmt!r}")
+    return [f"{n}.png" for n in names] if fmt == "png" else ["images.npy", "names.txt"]
+
+
+def _refuse_special(path: Path, what: str = "") -> None:
+    """Raise unless `path` is absent or a regular file (lstat: a link is not followed)."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise OutputError(f"cannot inspect {path}: {exc.strerror or exc}") from exc
+    if stat.S_ISREG(st.st_mode):
+        return
+    kind = ("a folder" if stat.S_ISDIR(st.st_mode) else "a symbolic link" if stat.S_ISLNK(st.st_mode)
+            else "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)
+            else "a FIFO" if stat.S_ISFIFO(st.st_mode) else "a socket" if stat.S_ISSOCK(st.st_mode) else "special")
+    raise OutputError(f"{path} exists and is {kind}, not a regular file; refusing to replace it{what}")
+
+
+def _writable_dir(folder: Path, create: bool) -> None:
+    """Prove `folder` (or the nearest existing parent, if it would be created) takes new files."""
+    probe = folder
+    while not os.path.lexists(probe) and create and probe.parent != probe:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise OutputError(f"cannot write into {folder}: {probe} is not a folder")
+    try:
+        fd, name = tempfile.mkstemp(prefix=".vaecompress-probe-", dir=probe)
+        os.close(fd)
+        os.unlink(name)
+    except OSError as exc:
+        raise OutputError(f"cannot write into {probe}: {exc.strerror or exc}") from exc
+
+
+def check_output_file(path: Path, force: bool) -> None:
+    """Everything that would stop `write_file_atomic(path, ..., force)`, checked before the work."""
+    path = Path(path)
+    if os.path.lexists(path):
+        if not force:
+            raise OutputError(f"{path} exists; use --force to overwrite")
+        if path.is_dir() and not path.is_symlink():
+            raise OutputError(f"{path} is a folder; give a file name")
+        _refuse_special(path)
+    _writable_dir(path.parent, create=True)
+
+
+def check_output_dir(out_dir: Path, files: list[str], force: bool) -> None:
+    """Everything that would stop `write_outputs` into `out_dir`, checked before decoding."""
+    out_dir = Path(out_dir)
+    if os.path.lexists(out_dir):
+        if not force:
+            raise OutputError(f"{out_dir} exists; use --force to overwrite (only the files decode writes are replaced)")
+        if not out_dir.is_dir():
+            raise OutputError(f"{out_dir} exists and is not a folder; refusing to replace it")
+        for rel in files:
+            _refuse_special(out_dir / rel, " (decode --force replaces only files it writes)")
+        _writable_dir(out_dir, create=False)
+    else:
+        _writable_dir(out_dir.parent, create=True)
 def write_outputs(pixels: np.ndarray, names: list[str], out_dir: Path, fmt: str, force: bool) -> list[Path]:
     """Write decoded images into `out_dir`, atomically; return the written file paths.
 
     fmt "png": one 8-bit gray or RGB PNG per image, `out_dir/<name>.png` (values written as-is).
     fmt "npy": `out_dir/images.npy` (N, H, W) or (N, H, W, 3) uint8 plus `out_dir/names.txt`, one name per line.
+    A new `out_dir` appears complete (one rename); into an existing one (`force`), each file is
+    replaced atomically and nothing else in the folder is touched.
     """
     out_dir = Path(out_dir)
-    if fmt not in ("png", "npy"):
-        raise ValueError(f"unknown output format {fmt!r}")
+    rel = output_files(list(names), fmt)
     pixels = np.asarray(pixels)
     colour = pixels.ndim == 4 and pixels.shape[3] == 3
     if not (pixels.ndim == 3 or colour) or pixels.dtype != np.uint8 or len(names) != pixels.shape[0]:
         raise ValueError(f"expected (N,H,W) or (N,H,W,3) uint8 pixels and N names, got {pixels.shape} {pixels.dtype}, {len(names)} names")
     _check_names(list(names))
-    if os.path.lexists(out_dir) and not force:
-        raise OutputError(f"{out_dir} exists; use --force to overwrite")
-    rel: list[str] = []
+    check_output_dir(out_dir, rel, force)
+    merge = os.path.lexists(out_dir)
 
     def make(parent: Path) -> Path:
         tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=parent))
@@ -520,44 +573,38 @@ def write_outputs(pixels: np.ndarray, names: list[str], out_dir: Path, fmt: str,
             for name, img in zip(names, pixels):
                 im = Image.fromarray(np.ascontiguousarray(img))
                 _write_fsynced(tmp / f"{name}.png", lambda f, im=im: im.save(f, format="PNG"))
-                rel.append(f"{name}.png")
         else:
             arr = np.ascontiguousarray(pixels)
             _write_fsynced(tmp / "images.npy", lambda f: np.save(f, arr, allow_pickle=False))
             text = "".join(f"{n}\n" for n in names).encode("utf-8")
             _write_fsynced(tmp / "names.txt", lambda f: f.write(text))
-            rel.extend(["images.npy", "names.txt"])
         _fsync_dir(tmp)
-        _replace_into(tmp, out_dir, force)
+        if merge:
+            for r in rel:                      # checked again: the folder may have changed
+                _refuse_special(out_dir / r, " (decode --force replaces only files it writes)")
+            for r in rel:
+                os.replace(tmp / r, out_dir / r)
+            os.rmdir(tmp)
+        else:
+            _replace_into(tmp, out_dir)
 
-    _publish(out_dir, make, fill_and_publish)
+    _publish(out_dir, make, fill_and_publish, parent=out_dir if merge else None)
     return [out_dir / r for r in rel]
 
 
-def _replace_into(new: Path, dest: Path, force: bool) -> None:
-    """Rename the complete `new` onto `dest`; an old `dest` is moved aside first, then deleted."""
-    if not os.path.lexists(dest):
-        os.rename(new, dest)
-        return
-    if not force:
-        raise OutputError(f"{dest} exists; use --force to overwrite")
-    aside = dest.parent / f".{dest.name}.old-{secrets.token_hex(4)}"
-    os.rename(dest, aside)
-    try:
-        os.rename(new, dest)
-    except BaseException:
-        os.rename(aside, dest)  # put the old one back
-        raise
-    _remove(aside)
+def _replace_into(new: Path, dest: Path) -> None:
+    """Rename the complete `new` onto an absent `dest` (a folder created meanwhile makes this
+    fail instead of being replaced)."""
+    if os.path.lexists(dest):
+        raise OutputError(f"{dest} appeared while decoding; nothing was replaced")
+    os.rename(new, dest)
 
 
 def write_file_atomic(path: Path, data: bytes, force: bool) -> None:
-    """Write `data` to `path` via a fsynced temp file in the same folder and `os.replace`."""
+    """Write `data` to `path` via a fsynced temp file in the same folder and `os.replace`.
+    With `force`, only a regular file is replaced (never a device, FIFO, socket or link)."""
     path = Path(path)
-    if path.is_dir():
-        raise OutputError(f"{path} is a folder; give a file name")
-    if os.path.lexists(path) and not force:
-        raise OutputError(f"{path} exists; use --force to overwrite")
+    check_output_file(path, force)
 
     def make(parent: Path) -> Path:
         fd, name = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=parent)
@@ -567,16 +614,18 @@ def write_file_atomic(path: Path, data: bytes, force: bool) -> None:
     def fill_and_publish(tmp: Path) -> None:
         _write_fsynced(tmp, lambda f: f.write(data))
         os.chmod(tmp, 0o666 & ~_umask())
-        if force:
-            os.replace(tmp, path)
-            return
-        try:  # no-clobber: fails if someone created `path` meanwhile
+        try:  # no-clobber first: fails if `path` exists
             os.link(tmp, path)
         except FileExistsError:
-            raise OutputError(f"{path} exists; use --force to overwrite") from None
+            if not force:
+                raise OutputError(f"{path} exists; use --force to overwrite") from None
+            _refuse_special(path)
+            os.replace(tmp, path)
         except OSError:  # hard links unsupported on this file system
             if os.path.lexists(path):
-                raise OutputError(f"{path} exists; use --force to overwrite") from None
+                if not force:
+                    raise OutputError(f"{path} exists; use --force to overwrite") from None
+                _refuse_special(path)
             os.replace(tmp, path)
         else:
             tmp.unlink(missing_ok=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -16,10 +17,36 @@ from bbans_vae.errors import VaeCompressError
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised where the program is, so every `finally` cleans up (temp files
+    and folders) exactly as for Ctrl-C."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _on_signal(signum, frame):
+    raise Terminated(signum)
+
+
 class App(click.Group):
-    """Turns user errors into one line on stderr and exit code 1; --debug shows tracebacks."""
+    """Turns user errors into one line on stderr and exit code 1; --debug shows tracebacks.
+    SIGTERM and SIGHUP end the command like Ctrl-C (cleanup, one line, exit 128 + signal)."""
 
     def invoke(self, ctx):
+        handled = (signal.SIGTERM, signal.SIGHUP)
+        try:
+            before = {s: signal.signal(s, _on_signal) for s in handled}
+        except ValueError:  # not the main thread (e.g. called from a library thread): leave signals alone
+            before = {}
+        try:
+            return self._invoke(ctx)
+        finally:
+            for s, h in before.items():
+                signal.signal(s, h)
+
+    def _invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except VaeCompressError as e:
@@ -27,6 +54,10 @@ class App(click.Group):
                 raise
             click.echo(f"vaecompress: error: {e}", err=True)
             ctx.exit(1)
+        except Terminated as e:
+            click.echo(f"vaecompress: error: terminated by {signal.Signals(e.signum).name}; "
+                       "partial outputs were removed", err=True)
+            ctx.exit(128 + e.signum)
         except KeyboardInterrupt:
             click.echo("vaecompress: error: interrupted", err=True)
             ctx.exit(130)
@@ -333,12 +364,11 @@ def encode(inputs, output, model_ref, chains, latent_bits, refine_steps, coder_p
       vaecompress encode digits/ -o digits.vae
       vaecompress encode t10k-images-idx3-ubyte.gz -o mnist-test.vae --model mnist --json
     """
-    from .io import read_inputs, write_file_atomic
+    from .io import check_output_file, read_inputs, write_file_atomic
     from bbans_vae.pipeline import compress, default_model_name
 
     out = Path(output)
-    if out.exists() and not force:
-        raise VaeCompressError(f"{out} exists; use --force to overwrite")
+    check_output_file(out, force)          # before the work: exists, not a regular file, not writable
     images = read_inputs([Path(p) for p in inputs])
     if model_ref is None:
         model_ref = default_model_name(images.pixels)
@@ -370,44 +400,62 @@ def encode(inputs, output, model_ref, chains, latent_bits, refine_steps, coder_p
 @click.option("--format", "fmt", type=click.Choice(["png", "npy"]), default="png", show_default=True,
               help="png: one 8-bit gray or RGB PNG per image; npy: images.npy (N,H,W[,3]) uint8 + names.txt.")
 @click.option("--model", "-m", "model_ref", default=None,
-              help="Model to decode with. Default: the one the file names, found by its weights' hash among "
-                   "the bundled models and the checkpoints under $VAECOMPRESS_MODELS.")
-@click.option("--force", "-f", is_flag=True, help="Replace OUTDIR if it exists.")
+              help="Model to decode with (bundled name or checkpoint folder). Default: the file's model, found "
+                   "by its sha256 among the bundled models and the checkpoints in $VAECOMPRESS_MODELS "
+                   "(folders separated by ':').")
+@click.option("--force", "-f", is_flag=True,
+              help="Write into OUTDIR if it exists, replacing only the files decode writes (never a device, "
+                   "FIFO, socket or link).")
+@click.option("--max-memory", "max_memory", default=None, metavar="SIZE", callback=lambda c, p, v: _size(v, p),
+              help="Refuse files whose decode needs more memory than SIZE (e.g. 2G), estimated from the header "
+                   "and the model before decoding.  [default: half of the available RAM]")
+@click.option("--max-output-bytes", "max_output", default=None, metavar="SIZE", callback=lambda c, p, v: _size(v, p),
+              help="Refuse files that decode to more than SIZE bytes of pixels.  [default: no limit beyond "
+                   "--max-memory and the free disk space]")
 @click.option("--json", "as_json", is_flag=True)
 @workers_option
 @quiet_option
-def decode(input_file, output, fmt, model_ref, force, as_json, workers, quiet):
+def decode(input_file, output, fmt, model_ref, force, max_memory, max_output, as_json, workers, quiet):
     """Restore the exact pixels from a .vae file into a directory.
 
-    The decoded pixels are checked against the checksum stored at encode time; on any mismatch
-    nothing is written. Bitstreams are tied to the model file; files written on the exact coder
-    path (the default) decode on any machine with the same constriction version, float32-path
-    files (--coder-path float32, --refine-steps) only on the machine configuration that encoded
-    them.
+    The decoded pixels are checked against the checksums stored at encode time, block by block
+    while decoding; on any mismatch nothing is written. Bitstreams are tied to the model file;
+    files written on the exact coder path (the default) decode on any machine with the same
+    constriction version, float32-path files (--coder-path float32, --refine-steps) only on the
+    machine configuration that encoded them. Reads format versions 1 and 2.
 
     \b
     Examples:
       vaecompress decode digits.vae -o restored/
       vaecompress decode mnist-test.vae -o out/ --format npy
     """
-    from .io import write_outputs
-    from bbans_vae.container import unpack
-    from bbans_vae.pipeline import decompress
+    import shutil
+    from .io import check_output_dir, output_files, write_outputs
+    from bbans_vae.checkpoint import load_checkpoint, locate_model
+    from bbans_vae.pipeline import check_decodable, decompress_parsed
+    from bbans_vae.container import read_file
+    from bbans_vae.limits import LimitError, default_max_memory
 
     out = Path(output)
-    if out.exists() and not force:
-        raise VaeCompressError(f"{out} exists; use --force to overwrite")
-    data = _read_container_bytes(Path(input_file))
-    header, _ = unpack(data)
-    if model_ref is None:  # the model the file names, found by its hash (never a path from the file)
-        from bbans_vae.checkpoint import load_checkpoint, locate_model
-        model, config = load_checkpoint(locate_model(header.model_name, header.model_sha256))
-    else:
+    cap = max_memory if max_memory is not None else default_max_memory()
+    header, chains = read_file(Path(input_file), max_bytes=cap)
+    names = header.image_names()
+    check_output_dir(out, output_files(names, fmt), force)        # before the work
+    disk = shutil.disk_usage(out if out.is_dir() else _existing_parent(out)).free
+    if header.output_bytes > disk:
+        raise LimitError(f"this file decodes to {header.output_bytes:,} bytes of pixels; {out} has {disk:,} bytes free")
+    if model_ref is not None:
         model, config = _load_for_coding(model_ref)
+    else:
+        model, config = load_checkpoint(locate_model(header.model_name, header.model_sha256))
+    check_decodable(header, model, config["weights_sha256"], cap, max_output)
     with progress_bar(header.n_images, "decode", quiet) as bar:
-        pixels, header, report = decompress(data, model, config["weights_sha256"], progress=bar.update,
-                                            workers=default_workers(workers))
-    write_outputs(pixels, header.image_names(), out, fmt, force)
+        pixels, header, report = decompress_parsed(header, chains, model, config["weights_sha256"],
+                                                   progress=bar.update, max_memory=cap,
+                                                   workers=default_workers(workers),
+                                                   max_output_bytes=max_output)
+    del chains
+    write_outputs(pixels, names, out, fmt, force)
     if as_json:
         echo_json({"input": str(input_file), "output": str(out), **report})
     else:
@@ -415,13 +463,30 @@ def decode(input_file, output, fmt, model_ref, force, as_json, workers, quiet):
                    f"{report['decode_images_per_second']:,.0f} images/s")
 
 
-def _read_container_bytes(path: Path) -> bytes:
-    if not path.is_file():
-        raise VaeCompressError(f"{path}: no such file")
-    size = path.stat().st_size
-    if size > 1 << 34:
-        raise VaeCompressError(f"{path} is {size} bytes: too large for a .vae file")
-    return path.read_bytes()
+def _size(value, param):
+    if value is None:
+        return None
+    from bbans_vae.limits import parse_bytes
+    try:
+        n = parse_bytes(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param=param) from None
+    if n < 1:
+        raise click.BadParameter("must be positive", param=param)
+    return n
+
+
+def _model_name(sha_prefix: bytes) -> str | None:
+    """The bundled (or $VAECOMPRESS_MODELS) model with these weights, found without torch."""
+    from bbans_vae.model_search import model_name_for
+    return model_name_for(sha_prefix)
+
+
+def _existing_parent(path: Path) -> Path:
+    p = path.absolute()
+    while not p.exists() and p.parent != p:
+        p = p.parent
+    return p
 
 
 @main.command(context_settings=CONTEXT)
@@ -435,15 +500,25 @@ def info(input_file, as_json):
       vaecompress info digits.vae --json
     """
     from bbans_vae.accounting import sizes_of
-    from bbans_vae.container import unpack
-    data = _read_container_bytes(Path(input_file))
-    h, chains = unpack(data)
-    res = {"file": str(input_file), "bytes": len(data), "format_version": data[4],
-           "model": h.model_name, "model_sha256_prefix": h.model_sha256.hex(), "engine": h.engine,
-           "torch": h.torch_version, "coder_path": h.coder_path, "pixel_kind": h.pixel_kind,
+    from bbans_vae.container import printable, read_file
+    path = Path(input_file)
+    h, chains = read_file(path)                  # the size is checked against the header before reading
+    size = path.stat().st_size
+    res = {"file": printable(str(input_file), 4096), "bytes": size, "format_version": h.version,
+           "header_bytes": h.header_bytes,
+           "model": printable(h.model_name) if h.model_name else _model_name(h.model_sha256),
+           "model_sha256_prefix": h.model_sha256.hex(), "engine": printable(h.engine),
+           "coder_path": h.coder_path, "pixel_kind": h.pixel_kind,
            "binary_scale": h.binary_scale, "height": h.height, "width": h.width,
-           "channels": 1, "dtype": "uint8", "latent_bits": h.latent_bits, "refine_steps": h.refine_steps,
-           **sizes_of(h, chains, 8 * len(data)), "pixels_sha256_prefix": h.pixels_sha256.hex()}
+           "channels": h.channels, "dtype": "uint8", "latent_bits": h.latent_bits, "refine_steps": h.refine_steps,
+           **sizes_of(h, chains, 8 * size), "pixels_sha256_prefix": h.pixels_sha256.hex()}
+    del chains
+    if h.shapes:
+        res["shapes"] = [list(r) for r in h.shapes]
+    if h.version == 1:
+        res["torch"] = printable(h.torch_version)
+    if h.coder_path == "float32" and h.machine is not None:
+        res["machine_fingerprint"] = f"{h.machine:08x}"
     if as_json:
         echo_json(res)
     else:

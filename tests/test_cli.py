@@ -93,7 +93,8 @@ def encoded(images, tiny_models, tmp_path):
 
 @pytest.mark.parametrize("mutate, fragment", [
     (lambda d: b"", "empty"),
-    (lambda d: d[:3], "magic"),
+    (lambda d: d[:3], "truncated"),
+    (lambda d: d[:-1], "file is truncated: 1 bytes missing"),
     (lambda d: d[: len(d) // 2], ""),
     (lambda d: d[:-1], ""),
     (lambda d: d + b"\x00", ""),

@@ -270,13 +270,17 @@ def test_existing_output_without_force_untouched(tmp_path):
     assert _leftovers(tmp_path) == []
 
 
-def test_existing_output_with_force_replaced(tmp_path):
+def test_existing_output_with_force_replaces_only_its_files(tmp_path):
+    """decode --force writes into an existing folder: its own files are replaced, others kept (#15)."""
     out = tmp_path / "o"
     out.mkdir()
     (out / "keep.txt").write_text("old")
+    (out / "images.npy").write_bytes(b"stale")
     write_outputs(_rng_images(2), ["a", "b"], out, "npy", force=True)
-    assert sorted(p.name for p in out.iterdir()) == ["images.npy", "names.txt"]
-    assert _leftovers(tmp_path) == []
+    assert sorted(p.name for p in out.iterdir()) == ["images.npy", "keep.txt", "names.txt"]
+    assert (out / "keep.txt").read_text() == "old"
+    assert np.load(out / "images.npy").shape == (2, 5, 7)
+    assert _leftovers(tmp_path) == [] and [p for p in out.iterdir() if p.name.startswith(".")] == []
 
 
 def test_failure_mid_write_leaves_nothing(tmp_path, monkeypatch):

@@ -282,7 +282,7 @@ def encode_images(model: VAE, images: np.ndarray, n_chains: int, latent_bits: in
 
 
 def _decode_group(backend: Backend, chain_words: list[np.ndarray], layout: ChainLayout, plain_images: np.ndarray,
-                  out: np.ndarray, c0: int, c1: int, progress: Callable[[int], None]) -> None:
+                  out: np.ndarray, c0: int, c1: int, progress: Callable[[int], None], hook=None) -> None:
     try:
         chains = [AnsCoder(np.asarray(w, dtype=np.uint32)) for w in chain_words[c0:c1]]
     except Exception as e:  # constriction rejects e.g. a zero last word
@@ -294,6 +294,8 @@ def _decode_group(backend: Backend, chain_words: list[np.ndarray], layout: Chain
                 raise ContainerError("corrupt payload: a chain ran out of data before its first image")
             msg, x = round_codec(backend, np.isin(idx, plain_images)).pop(msg)
             out[idx] = x.reshape(len(idx), *out.shape[1:])
+            if hook is not None:
+                hook(idx, out[idx])
             progress(len(idx))
     if not all(c.is_empty() for c in chains):
         raise ContainerError("corrupt payload: data left over after the last image")
@@ -302,11 +304,14 @@ def _decode_group(backend: Backend, chain_words: list[np.ndarray], layout: Chain
 def decode_images(model: VAE, chain_words: list[np.ndarray], n_images: int, image_shape: tuple,
                   plain_images: list[int], latent_bits: int = DEFAULT_LATENT_BITS,
                   progress: Callable[[int], None] | None = None, backend: Backend | None = None,
-                  workers: int = 1) -> np.ndarray:
+                  workers: int = 1, on_round: Callable[[np.ndarray, np.ndarray], None] | None = None) -> np.ndarray:
     """Inverse of `encode_images`: (N, H, W) uint8 symbols. Every chain must end empty.
 
-    Corrupt input is caught as early as possible: a chain that runs dry before its first image
-    or holds bits after it raises ContainerError (so a hostile image count cannot make us loop).
+    A chain that runs dry before its first image or holds bits after it raises ContainerError.
+    A chain fed random words does not run dry (it settles at a few hundred valid bits), so the
+    work on corrupt data is bounded by the caller: `on_round(idx, x)` sees every round's images
+    as soon as they are decoded (rounds run last-first) and may raise (pipeline's block checks);
+    with several worker groups it is not called (each group holds only part of a round).
     """
     layout = ChainLayout(n_images, len(chain_words))
     backend = backend if backend is not None else FloatBackend(model, latent_bits)
@@ -314,6 +319,7 @@ def decode_images(model: VAE, chain_words: list[np.ndarray], n_images: int, imag
     groups = chain_groups(layout.n_chains, workers if backend.batch_invariant else 1)
     out = (shared_array if len(groups) > 1 else np.zeros)((n_images, *image_shape), np.uint8)
     plain = np.unique(np.asarray(plain_images, dtype=np.int64))
-    run_jobs([functools.partial(_decode_group, backend, chain_words, layout, plain, out, c0, c1)
+    hook = on_round if len(groups) == 1 else None   # a round spans every group's chains
+    run_jobs([functools.partial(_decode_group, backend, chain_words, layout, plain, out, c0, c1, hook=hook)
               for c0, c1 in groups], progress)
     return out
