@@ -24,9 +24,11 @@ Version 2 (written; integers are unsigned LEB128 varints unless a width is given
       names          mode 1: str stem; mode 2: n_images strs (str = varint length + UTF-8;
                                every name is in the safe set of `check_name`)
       pixels_sha256  8 bytes   first 8 bytes of sha256 of all original pixels (image order, uint8)
-      block_checks   2 bytes each, only if there is more than one block (`block_layout`): first
-                               2 bytes of sha256 of each block's original pixels, so decoding
-                               refuses corrupt data after one block of work instead of at the end
+      block_checks   2 bytes per block in decode order, only if there is more than one block
+                               (`block_ranges`: the last R rounds, then blocks of 2R, 4R, ...
+                               rounds): first 2 bytes of sha256 of each block's original pixels,
+                               so decoding refuses random data after one small block of work
+                               instead of at the end
       crc32          u32 LE    zlib.crc32 of every byte of the file before it, then the payload:
                                the header (names included) and the payload are all covered
     payload          sum(chain_words) little-endian u32 words, chain after chain; nothing after
@@ -131,30 +133,44 @@ def pixels_digest(pixels: np.ndarray, n: int = 8) -> bytes:
 # ----------------------------------------------------------------------------- blocks
 
 
-BLOCK_IMAGES = 128   # target images per checked block ...
-BLOCK_ROUNDS = 32    # ... but at most this many rounds (both divided by 1 + refinement steps)
+BLOCK_IMAGES = 128   # the first checked block: about this many images ...
+BLOCK_ROUNDS = 32    # ... and at most this many rounds (both divided by 1 + refinement steps)
 
 
 def block_rounds(n_chains: int, refine_steps: int) -> int:
-    """Rounds per checked block: about BLOCK_IMAGES images and at most BLOCK_ROUNDS rounds, both
-    divided by 1 + refine_steps, and >= 1 round. Decode time per block is then bounded by about
-    32 one-chain rounds (~1 s for the bundled context models on one core) or one round."""
+    """Rounds of the first checked block: about BLOCK_IMAGES images and at most BLOCK_ROUNDS
+    rounds, both divided by 1 + refine_steps, and >= 1 round. Decode work before the first check
+    is then at most 32 one-chain rounds (~1 s for the bundled context models on one core) or one
+    round of all chains."""
     scale = 1 + refine_steps
     return max(1, min(-(-max(1, BLOCK_IMAGES // scale) // n_chains), BLOCK_ROUNDS // scale))
 
 
-def block_layout(n_images: int, n_chains: int, refine_steps: int) -> tuple[int, int]:
-    """(images per block, number of blocks). Block j holds images [j*S, (j+1)*S) (rounds are
-    decoded last-first, so the last block is checked first)."""
-    size = block_rounds(n_chains, refine_steps) * n_chains
-    return size, -(-n_images // size)
+def block_ranges(n_images: int, n_chains: int, refine_steps: int) -> list[tuple[int, int]]:
+    """Image ranges [lo, hi) of the checked blocks in decode order. Rounds are decoded last-first;
+    the first block is the last R rounds (`block_rounds`), each next block twice as many rounds
+    as the one before, the final one what is left. So random data is refused after one small
+    block, corrupt data after at most about twice the work of the valid part before it, and a
+    file holds only ~log2(rounds / R) checksums."""
+    C = max(1, min(n_chains, n_images))
+    end, size, out = -(-n_images // C), block_rounds(C, refine_steps), []
+    while end > 0:
+        start = max(0, end - size)
+        out.append((start * C, min(end * C, n_images)))
+        end, size = start, 2 * size
+    return out
+
+
+def block_count(n_images: int, n_chains: int, refine_steps: int) -> int:
+    """Checksums stored: one per block when there is more than one block, else none."""
+    n = len(block_ranges(n_images, n_chains, refine_steps))
+    return n if n > 1 else 0
 
 
 def block_digests(pixels: np.ndarray, n_chains: int, refine_steps: int) -> bytes:
-    size, n_blocks = block_layout(len(pixels), n_chains, refine_steps)
-    if n_blocks <= 1:
+    if not block_count(len(pixels), n_chains, refine_steps):
         return b""
-    return b"".join(pixels_digest(pixels[j * size:(j + 1) * size], 2) for j in range(n_blocks))
+    return b"".join(pixels_digest(pixels[lo:hi], 2) for lo, hi in block_ranges(len(pixels), n_chains, refine_steps))
 
 
 # ----------------------------------------------------------------------------- names and display
@@ -442,8 +458,7 @@ def _parse_v2(r: _Reader) -> Header:
     elif mode == NAMES_EXPLICIT:
         names = _explicit_names(r, n_images)
     pixels_sha = r.take(8)
-    _, n_blocks = block_layout(n_images, len(chain_words), refine_steps)
-    checks = r.take(2 * n_blocks) if n_blocks > 1 else b""
+    checks = r.take(2 * block_count(n_images, len(chain_words), refine_steps))
     (crc,) = struct.unpack("<I", r.take(4))
     if r.pos != len(r.data):
         raise ContainerError("corrupt header: unexpected bytes at its end")

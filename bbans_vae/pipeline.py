@@ -18,7 +18,7 @@ from .ans.backends import FloatBackend
 from .ans.chains import DEFAULT_LATENT_BITS, decode_images, encode_images
 from .ans.refine import DEFAULT_REFINE_LR, RefineBackend
 from . import limits
-from .container import (ENGINES, Header, block_digests, block_layout, machine_fingerprint, name_problem, pack,
+from .container import (ENGINES, Header, block_digests, block_ranges, machine_fingerprint, name_problem, pack,
                         pixels_digest, printable, unpack)
 from .errors import ContainerError, InputError
 from .models import VAE
@@ -243,27 +243,31 @@ def check_decodable(header: Header, model: VAE, model_sha256_hex: str, max_memor
 
 
 class _BlockChecks:
-    """Called after every decoded round: checks each block's pixels against its stored 2-byte
-    digest as soon as the block is complete (blocks are completed last-first)."""
+    """Called after every decoded round (rounds run last-first): checks each block's pixels
+    against its stored 2-byte digest as soon as the block is complete (`container.block_ranges`)."""
 
     def __init__(self, header: Header):
-        self.size, self.n_blocks = block_layout(header.n_images, header.n_chains, header.refine_steps)
+        self.ranges = block_ranges(header.n_images, header.n_chains, header.refine_steps) if header.block_checks else []
         self.checks = header.block_checks
         self.scale = np.uint8(header.binary_scale) if header.pixel_kind == "binary" else None
         self.parts: list[tuple[int, np.ndarray]] = []
+        self.block = 0
 
     def __call__(self, idx: np.ndarray, x: np.ndarray) -> None:
-        if not self.checks:
+        if self.block >= len(self.ranges):
             return
-        self.parts.append((int(idx[0]), x if self.scale is None else x * self.scale))
-        j = int(idx[0]) // self.size
-        if int(idx[0]) != j * self.size:
+        first = int(idx[0])
+        self.parts.append((first, x if self.scale is None else x * self.scale))
+        lo, _ = self.ranges[self.block]
+        if first != lo:
             return
-        block = np.concatenate([p for _, p in sorted(self.parts, key=lambda t: t[0])])
+        pixels = np.concatenate([p for _, p in sorted(self.parts, key=lambda t: t[0])])
         self.parts = []
-        if pixels_digest(block, 2) != self.checks[2 * j:2 * j + 2]:
-            raise ContainerError(f"corrupt payload: the decoded pixels of block {j + 1} of {self.n_blocks} do not "
-                                 "match their checksum; nothing was written")
+        j = self.block
+        self.block += 1
+        if pixels_digest(pixels, 2) != self.checks[2 * j:2 * j + 2]:
+            raise ContainerError(f"corrupt payload: the decoded pixels of block {j + 1} of {len(self.ranges)} "
+                                 "(in decoding order) do not match their checksum; nothing was written")
 
 
 def decompress_parsed(header: Header, chains: list[np.ndarray], model: VAE, model_sha256_hex: str,

@@ -210,12 +210,11 @@ def _rewrite_field(data: bytes, field: str, value, base: Base) -> bytes:
     else:
         return data
     try:
-        size, n_blocks = C.block_layout(header.n_images, header.n_chains, header.refine_steps)
+        ranges = C.block_ranges(header.n_images, header.n_chains, header.refine_steps)
         px = base.pixels
         checks = b""
-        if n_blocks > 1 and field != "block_checks":
-            checks = b"".join(C.pixels_digest(px[j * size:(j + 1) * size], 2) if j * size < len(px) else b"\xa5\x5a"
-                              for j in range(n_blocks))
+        if len(ranges) > 1 and field != "block_checks":
+            checks = b"".join(C.pixels_digest(px[lo:hi], 2) if hi <= len(px) else b"\xa5\x5a" for lo, hi in ranges)
         header = dataclasses.replace(header, block_checks=header.block_checks if field == "block_checks" else checks)
         return pack(header, chains)
     except (ValueError, TypeError, IndexError, OverflowError, struct.error, ZeroDivisionError):

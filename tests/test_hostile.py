@@ -91,10 +91,9 @@ def craft(base: Base, path: Path, chains=None, **fields) -> Path:
     base's), block checksums of the right count (random where the layout changed)."""
     chains = base.chains if chains is None else chains
     h = dataclasses.replace(base.header, chain_words=[len(c) for c in chains], **fields)
-    _, n_blocks = C.block_layout(h.n_images, h.n_chains, h.refine_steps)
-    if len(h.block_checks) != (2 * n_blocks if n_blocks > 1 else 0):
-        h.block_checks = bytes(np.random.default_rng(1).integers(0, 256, 2 * n_blocks, dtype=np.uint8)) \
-            if n_blocks > 1 else b""
+    n_blocks = C.block_count(h.n_images, h.n_chains, h.refine_steps)
+    if len(h.block_checks) != 2 * n_blocks:
+        h.block_checks = bytes(np.random.default_rng(1).integers(0, 256, 2 * n_blocks, dtype=np.uint8))
     path.write_bytes(C.pack(h, chains))
     return path
 
@@ -191,6 +190,20 @@ def test_refinement_steps_bounded_in_the_container(base, tmp_path):
     f = craft(base, tmp_path / "r.vae", coder_path="float32", machine=C.machine_fingerprint(), refine_steps=10_000,
               refine_lr_e4=100)
     check(decode(f, tmp_path / "o"), "refine steps=10000 exceeds the limit 1000", "refine_steps 10,000")
+
+
+def test_refinement_on_random_payload_refused_after_one_image(tmp_path, sample_images):
+    """With K refinement steps a block is one image (BLOCK_IMAGES / (1 + K) < 1), so random data
+    costs one image's refinement: 1,000 steps on mnist-bin, ~2 s."""
+    model, config, _ = load_model("mnist-bin")
+    px = (sample_images[:2] >= 128).astype(np.uint8)
+    data, _ = compress(model, "mnist-bin", config["weights_sha256"], px, n_chains=1, with_neg_elbo=False,
+                       coder_path="float32")
+    h, _ = C.unpack(data)
+    b = Base(h, [], px, config["weights_sha256"])
+    f = craft(b, tmp_path / "r.vae", chains=[random_words(300)], n_images=4_000, plain_images=[0], refine_steps=1000,
+              refine_lr_e4=100)
+    check(decode(f, tmp_path / "o"), "do not match their checksum", "refine 1000 steps, 4,000 images, random words")
 
 
 # ----------------------------------------------------------------------------- 3. file size
