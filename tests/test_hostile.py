@@ -493,3 +493,23 @@ def test_zz_report(capsys, request):
             print(f"\n{r['case'][:60]:<60} cpu {r['cpu_s']:5.2f} s  +{r['extra_mib']:4d} MiB  rc {r['rc']:3d}  "
                   f"{r['error'][:90]}", end="")
         print()
+
+
+@pytest.mark.slow
+def test_float32_file_encoded_under_other_cpu_kernels(tmp_path, sample_images):
+    """A real float32-path file from another kernel set (ATEN_CPU_CAPABILITY=default in the
+    encoder): this machine decodes it exactly or says where to decode it; never 'corrupt'."""
+    import subprocess
+    import sys
+    if torch.backends.cpu.get_cpu_capability() == "DEFAULT":
+        pytest.skip("this machine runs the default kernels already")
+    np.save(tmp_path / "x.npy", sample_images[:40])
+    env = {**os.environ, "ATEN_CPU_CAPABILITY": "default", "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-m", "vaecompress_cli.main", "encode", str(tmp_path / "x.npy"), "-o",
+                    str(tmp_path / "f.vae"), "--model", "mnist-ctx", "--coder-path", "float32", "-q"],
+                   env=env, check=True, capture_output=True)
+    res = decode(tmp_path / "f.vae", tmp_path / "o", "--format", "npy")
+    if res.rc == 0:
+        assert np.array_equal(np.load(tmp_path / "o" / "images.npy"), sample_images[:40])
+    else:
+        check(res, "encoded on the float32 path on another machine configuration", "float32 file, other CPU kernels")
