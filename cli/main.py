@@ -513,6 +513,8 @@ def info(input_file, as_json):
            "channels": h.channels, "dtype": "uint8", "latent_bits": h.latent_bits, "refine_steps": h.refine_steps,
            **sizes_of(h, chains, 8 * size), "pixels_sha256_prefix": h.pixels_sha256.hex()}
     del chains
+    if res["model"] is None:   # version 2 stores only the hash: named when a bundled/$VAECOMPRESS_MODELS model has it
+        del res["model"]
     if h.shapes:
         res["shapes"] = [list(r) for r in h.shapes]
     if h.version == 1:

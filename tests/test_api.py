@@ -64,9 +64,9 @@ def test_decompress_finds_the_model_by_hash_never_by_a_path_in_the_file(tiny_ckp
     monkeypatch.delenv("VAECOMPRESS_MODELS", raising=False)
     codec = bv.load(tiny_ckpt)
     data = codec.compress(binary, chains=3)
-    assert unpack(data)[0].model_name == str(tiny_ckpt)        # the file names an existing path ...
+    assert unpack(data)[0].model_name == ""                     # version 2 names no model path, only its hash
     with pytest.raises(ModelError, match="VAECOMPRESS_MODELS"):
-        bv.decompress(data)                                     # ... which is never opened
+        bv.decompress(data)                                     # not bundled, no search path: refused
     assert np.array_equal(bv.decompress(data, search_path=[tiny_ckpt.parent]), binary)
     run = tmp_path / "run"                                      # a run directory on the env search path
     shutil.copytree(tiny_ckpt, run / "checkpoints" / "epoch_0001")
@@ -125,9 +125,9 @@ def test_every_number_info_prints(tiny_ckpt, binary, tmp_path):
     dims = 30 * 28 * 28
     payload = sum(int(constriction.stream.stack.AnsCoder(w).num_valid_bits()) for w in chains)
     weights_sha = json.loads((tiny_ckpt / "config.json").read_text())["weights_sha256"]
-    expected = {
-        "file": str(vae), "bytes": len(data), "format_version": VERSION, "model": str(tiny_ckpt),
-        "model_sha256_prefix": weights_sha[:32], "engine": header.engine, "torch": header.torch_version,
+    expected = {   # version 2: no model path or torch version in the file (the model is not on the search path)
+        "file": str(vae), "bytes": len(data), "format_version": VERSION, "header_bytes": header.header_bytes,
+        "model_sha256_prefix": weights_sha[:16], "engine": header.engine,
         "coder_path": "exact", "pixel_kind": "binary", "binary_scale": 1, "height": 28, "width": 28,
         "channels": 1, "dtype": "uint8", "latent_bits": 6, "refine_steps": 0, "n_images": 30, "n_dims": dims,
         "chains": 4, "plain_images": len(header.plain_images), "actual_bits": 8 * len(data),

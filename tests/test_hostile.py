@@ -392,7 +392,7 @@ def test_decode_never_loads_a_model_from_a_path_in_the_file(base, tmp_path, mode
                                                    torch_version=torch.__version__,
                                                    pixels_sha256=C.pixels_digest(px, 16)), chains))
         res = decode(v1, tmp_path / "o", env={"VAECOMPRESS_MODELS": None})
-        check(res, "neither a bundled model nor a checkpoint in $VAECOMPRESS_MODELS", "v1 file naming a model path")
+        check(res, "neither a bundled model nor a checkpoint under $VAECOMPRESS_MODELS", "v1 file naming a model path")
         msgs.append(res.error_lines()[0].replace(name, "PATH"))
     assert msgs[0] == msgs[1]
     res = decode(v1, tmp_path / "o", "--format", "npy", env={"VAECOMPRESS_MODELS": str(tmp_path)})
