@@ -387,6 +387,12 @@ def decode_capped(data: bytes, base: Base) -> dict:
 def check_case(data: bytes, base: Base) -> dict:
     r = decode_capped(data, base)
     RESULTS.append(r)
+    progress = os.environ.get("FUZZ_PROGRESS")          # a file: one line per 100 cases
+    if progress and len(RESULTS) % 100 == 0:
+        with open(progress, "a") as f:
+            f.write(f"{time.strftime('%H:%M:%S')} {len(RESULTS)} cases, worst CPU "
+                    f"{max(x['cpu_s'] for x in RESULTS):.2f} s, worst extra "
+                    f"{max(x['extra_bytes'] for x in RESULTS) / 2**20:.0f} MiB\n")
     assert not r["outcome"].startswith(("CRASH", "HANG", "WRONG")), r
     assert r["cpu_s"] < CASE_CPU_SECONDS, r
     assert r["extra_bytes"] < CASE_EXTRA_BYTES, r
