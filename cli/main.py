@@ -501,8 +501,11 @@ def info(input_file, as_json):
     """
     from bbans_vae.accounting import sizes_of
     from bbans_vae.container import printable, read_file
+    from bbans_vae.limits import default_max_memory
     path = Path(input_file)
-    h, chains = read_file(path)                  # the size is checked against the header before reading
+    # memory: the payload's words (sizes_of reads each chain's valid bits) + O(header); the file size
+    # is checked against the header and against half the available RAM before anything is read
+    h, chains = read_file(path, max_bytes=default_max_memory())
     size = path.stat().st_size
     res = {"file": printable(str(input_file), 4096), "bytes": size, "format_version": h.version,
            "header_bytes": h.header_bytes,

@@ -31,7 +31,6 @@ import re
 import resource
 import signal
 import struct
-import sys
 import time
 import traceback
 import zlib
