@@ -333,13 +333,19 @@ def mutate(data: bytes, op, base: Base) -> bytes:
 # ----------------------------------------------------------------------------- the oracle
 
 
+def outcome_group(e: Exception) -> str:
+    """An error grouped by its message's first words (numbers, quoted names and paths elided)."""
+    text = re.sub(r"'[^']*'", "'...'", str(e))
+    words = re.sub(r"\d+", "N", text).split()[:6]
+    return f"{type(e).__name__}: {' '.join(words)}"
+
+
 def _outcome(data: bytes, base: Base) -> str:
     """In the child: a clean error (grouped by the message's first words) or exact pixels."""
     try:
         pixels, header, _ = decompress(data, base.model, base.sha, max_memory=1 << 30)
     except VaeCompressError as e:
-        words = re.sub(r"\d+", "N", str(e)).split()[:5]
-        return f"{type(e).__name__}: {' '.join(words)}"
+        return outcome_group(e)
     except BaseException as e:  # noqa: BLE001
         return f"CRASH {type(e).__name__}: {str(e)[:200]} | {traceback.format_exc(limit=3)[-600:]}"
     if pixels.shape != base.pixels.shape or not np.array_equal(pixels, base.pixels):
