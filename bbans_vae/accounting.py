@@ -47,7 +47,9 @@ def sizes_of(header: Header, chains: list, actual_bits: int, *, initial_bits: fl
     """`file_sizes` for an already parsed container (header, chain words) of `actual_bits`.
 
     n_dims = images x H x W x `channels`: the version-1 header holds H and W only; the channel
-    count is the model's (the encoder passes it; version 2 of the header stores it)."""
+    count is the model's (the encoder passes it); version 2 of the header stores it, and that wins."""
+    if header.version >= 2:
+        channels = header.channels
     dims = header.n_images * header.height * header.width * channels
     payload_bits = sum(chain_valid_bits(w) for w in chains)
     sizes = {"n_images": header.n_images, "n_dims": dims, "chains": header.n_chains,
