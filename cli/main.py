@@ -1,6 +1,7 @@
 """The `vaecompress` command line: parse, call the library, print. Nothing clever lives here."""
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shlex
@@ -26,7 +27,11 @@ class Terminated(KeyboardInterrupt):
         self.signum = signum
 
 
-def _on_signal(signum, frame):
+def _on_signal(owner: int, signum, frame):
+    if os.getpid() != owner:            # a forked worker (--workers): die the default way, quietly
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+        return
     raise Terminated(signum)
 
 
@@ -37,7 +42,8 @@ class App(click.Group):
     def invoke(self, ctx):
         handled = (signal.SIGTERM, signal.SIGHUP)
         try:
-            before = {s: signal.signal(s, _on_signal) for s in handled}
+            handler = functools.partial(_on_signal, os.getpid())
+            before = {s: signal.signal(s, handler) for s in handled}
         except ValueError:  # not the main thread (e.g. called from a library thread): leave signals alone
             before = {}
         try:
