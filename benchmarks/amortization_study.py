@@ -93,7 +93,7 @@ def main() -> None:
         # AIGG reference: the encoder refit on these test images with the decoder frozen (gaps.refit_encoder,
         # the code `vaecompress gaps` runs), once per model; every encoder shares the decoder.
         t0 = time.time()
-        refit, _ = refit_encoder(base, images, args.refit_epochs)
+        refit = refit_encoder(base, images, args.refit_epochs).model
         refit_nelbo = elbo_bits(refit, images, args.elbo_samples).mean() / base.cfg.n_pixels
         refits[ref] = {"refit_neg_elbo_bpd": float(refit_nelbo), "refit_epochs": args.refit_epochs,
                        "refit_seconds": time.time() - t0}

@@ -6,9 +6,12 @@
 # mnist-bin, small enough to overfit clearly on one CPU core:
 #   A: 1,000 training images, 500 epochs, checkpoint every 50   (strong overfitting)
 #   B: 10,000 training images, 100 epochs, checkpoint every 25  (milder)
-# then `vaecompress gaps` on each: encoder refit 50 epochs on the first 2,000 test images,
-# the -log p(x) / approximation / amortization split at every checkpoint on the first 500
-# (IWAE K=500, 300 local steps).  ~20-25 min on one busy core.
+# then `vaecompress gaps` on each with the corrected protocol (issue 14): encoder refit on the
+# whole test set until converged (relative change < 1e-4 over the last 10% of the epochs, at most
+# 1,000), every gap with its standard error, the -log p(x) / approximation / amortization split at
+# every checkpoint on a seeded random 1,000 of the test images (IWAE K=1000, 300 local steps).
+# Every checkpoint's result is kept in RUN/gaps/<hash>/ as it is measured: re-running resumes.
+# Several hours on one core (the refits dominate).
 #
 # Usage:  benchmarks/gaps_study.sh            (from the repository root; resumes runs)
 # Env:    RUNS (default runs/), OUT (default benchmarks/results/gaps), VAECOMPRESS_DATA
@@ -19,8 +22,8 @@ VC=${VC:-.venv/bin/vaecompress}
 RUNS=${RUNS:-runs}
 OUT=${OUT:-benchmarks/results/gaps}
 mkdir -p "$OUT"
-GAPS_ARGS=(--refit-epochs 50 --max-test 2000 --split all --split-images 500 --iwae 500 --local-steps 300
-           --samples 10 --chains 10 --threads 1 -q)
+GAPS_ARGS=(--refit-until-converged --refit-tol 1e-4 --refit-max-epochs 1000 --split all --split-images 1000
+           --iwae 1000 --local-steps 300 --samples 10 --chains 10 --threads 1 -q)
 
 study() {  # name train_size epochs save_every
     local name=$1 n=$2 e=$3 s=$4

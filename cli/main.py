@@ -167,6 +167,9 @@ def default_workers(workers: int | None) -> int:
 @click.option("--latent-dim", type=click.IntRange(1), default=None, help="Override the preset's latent size.")
 @click.option("--hidden", default=None, help="Override hidden sizes, e.g. 500,500,500.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--threads", type=click.IntRange(1), default=None,
+              help="torch CPU threads.  [default: 1 on CPU (measured: one mlp-paper epoch took 11 s on 1 thread, "
+                   "81 s with torch's default threads on 2 shared cores); torch's default with CUDA]")
 @click.option("--init", "init_ref", default=None, help="Start from this model's weights (bundled name or checkpoint).")
 @click.option("--encoder-objective", "objective", default="elbo", show_default=True,
               type=click.Choice(["elbo", "encoder-elbo", "reverse-half-asleep", "reverse-half-asleep-recon"]),
@@ -176,7 +179,7 @@ def default_workers(workers: int | None) -> int:
 @data_dir_option
 @quiet_option
 def train(dataset, test_path, holdout, pixels, arch, epochs, run_dir, batch_size, lr, seed, train_size, save_every,
-          latent_dim, hidden, device, init_ref, objective, data_dir, quiet):
+          latent_dim, hidden, device, threads, init_ref, objective, data_dir, quiet):
     """Train a VAE on a dataset; checkpoints go to RUN_DIR/checkpoints/epoch_NNNN/.
 
     \b
@@ -189,6 +192,8 @@ def train(dataset, test_path, holdout, pixels, arch, epochs, run_dir, batch_size
     A path dataset's model takes its image size from the data; the run records the data's path,
     sha256, shape and split, so `eval` and `gaps` use the same images later.
     Re-running the same command on the same RUN_DIR resumes where it stopped.
+    On CPU, training runs on --threads torch threads (default 1: the batches are small, and on
+    shared cores more threads cost far more than they gain).
     """
     from tqdm import tqdm
     from bbans_vae.data import DATASETS, open_dataset
@@ -214,8 +219,12 @@ def train(dataset, test_path, holdout, pixels, arch, epochs, run_dir, batch_size
                      seed=seed, train_size=train_size, save_every=save_every, data_dir=data_dir,
                      init=init_ref, objective=objective, data=spec.record)
     import torch
+    if threads is None and dev == "cpu":
+        threads = 1
+    if threads is not None:
+        torch.set_num_threads(threads)
     meta = {"command": command_line(), "git_revision": git_revision(), "preset": arch,
-            "hardware": f"{dev}, {os.cpu_count()} cpus, torch {torch.__version__}"}
+            "hardware": f"{dev}, {os.cpu_count()} cpus, {torch.get_num_threads()} torch threads, torch {torch.__version__}"}
     bar = tqdm(total=epochs, desc="epochs", disable=quiet or not sys.stderr.isatty(), file=sys.stderr)
     t0 = time.time()
 
@@ -569,53 +578,76 @@ def demo(limit, chains, as_json, quiet):
 @click.argument("run_dir", type=click.Path(file_okay=False), metavar="RUN_DIR")
 @click.option("--refit-epochs", type=click.IntRange(0), default=None,
               help="Epochs of encoder refit on the test images, decoder frozen.  [default: 100; --quick: 20]")
-@click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None, help="Write the full result as JSON.")
-@click.option("--csv", "csv_out", type=click.Path(dir_okay=False), default=None, help="Write one CSV row per checkpoint.")
-@click.option("--plot", "plot_out", type=click.Path(dir_okay=False), default=None, help="Write a PNG plot.")
+@click.option("--refit-until-converged", is_flag=True,
+              help="Refit until the refit -ELBO changes by less than --refit-tol (relative) over the last 10% "
+                   "of the epochs (least-squares line through evaluations every 5 epochs; at least 100 epochs), "
+                   "at most --refit-max-epochs (instead of --refit-epochs).")
+@click.option("--refit-tol", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Convergence tolerance of --refit-until-converged.  [default: 1e-4]")
+@click.option("--refit-max-epochs", type=click.IntRange(1), default=None,
+              help="Cap of --refit-until-converged.  [default: 1000]")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None, help="Also write the result as JSON here.")
+@click.option("--csv", "csv_out", type=click.Path(dir_okay=False), default=None, help="Also write one CSV row per checkpoint here.")
+@click.option("--plot", "plot_out", type=click.Path(dir_okay=False), default=None, help="Also write the PNG plot here.")
 @click.option("--quick", is_flag=True,
               help="Small fast setting (described above); trains RUN_DIR first if it holds no checkpoint.")
 @click.option("--iwae", "iwae_k", type=click.IntRange(1), default=None,
               help="Importance samples K for -log p(x).  [default: 1000; --quick: 200]")
 @click.option("--local-steps", type=click.IntRange(0), default=None,
               help="Adam steps of the per-image Gaussian q.  [default: 300; --quick: 100]")
-@click.option("--max-test", type=click.IntRange(1), default=None,
-              help="Use the first N test images.  [default: all; --quick: 1000]")
+@click.option("--test-images", type=click.IntRange(1), default=None,
+              help="A seeded random subset of N test images (never the first N).  [default: all; --quick: 500]")
 @click.option("--train-eval-size", type=click.IntRange(1), default=None,
-              help="At most N training images (a seeded subset of the run's).  [default: 10000; --quick: 2000]")
+              help="A seeded random subset of N of the run's training images.  [default: 10000; --quick: 500]")
 @click.option("--split", "split_at", type=click.Choice(["last", "all", "none"]), default=None,
               help="Checkpoints at which to split test -ELBO into -log p(x) + approximation + amortization gaps. "
                    "[default: last]")
 @click.option("--split-images", type=click.IntRange(1), default=None,
-              help="First N test images for the split.  [default: 1000; --quick: 300]")
+              help="A seeded random subset of N of the test images for the split.  [default: 1000; --quick: 250]")
 @click.option("--samples", type=click.IntRange(1), default=None, help="MC samples per image for every -ELBO.  [default: 10]")
 @click.option("--chains", type=click.IntRange(1, 4096), default=None, help="ANS chains of the real bitstreams.  [default: 10]")
 @click.option("--latent-bits", type=click.IntRange(4, 14), default=None,
               help="Latent buckets 2^K.  [default: the coder's default]")
+@click.option("--coder-path", type=click.Choice(["exact", "float32"]), default=None,
+              help="Coder path of the real bitstreams.  [default: the model's default, exact for MLP models]")
 @click.option("--no-bitstreams", is_flag=True, help="Skip the real bitstreams (ELBO estimates only).")
-@click.option("--epochs", "epochs", default=None, help="Only these checkpoint epochs, e.g. 50,100.")
+@click.option("--no-store", is_flag=True, help="Do not keep or reuse results in RUN_DIR/gaps/.")
+@click.option("--epochs", "epochs", default=None, help="Only these checkpoint epochs, e.g. 10,50,100.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--threads", type=click.IntRange(1), default=1, show_default=True, help="torch CPU threads.")
 @data_dir_option
 @quiet_option
-def gaps(run_dir, refit_epochs, json_out, csv_out, plot_out, quick, iwae_k, local_steps, max_test, train_eval_size,
-         split_at, split_images, samples, chains, latent_bits, no_bitstreams, epochs, seed, threads, data_dir, quiet):
+def gaps(run_dir, refit_epochs, refit_until_converged, refit_tol, refit_max_epochs, json_out, csv_out, plot_out,
+         quick, iwae_k, local_steps, test_images, train_eval_size, split_at, split_images, samples, chains,
+         latent_bits, coder_path, no_bitstreams, no_store, epochs, seed, threads, data_dir, quiet):
     """Generalization gaps (EGG = AIGG + GMGG) at every checkpoint of a training run, as -ELBO
-    estimates and as sizes of real bitstreams, in bits per dimension.
+    estimates and as sizes of real bitstreams, in bits per dimension, ± standard errors.
 
     For each checkpoint: -ELBO on the training images (train), on the test images with the
     training encoder (test) and with an encoder refit on the test images with the decoder
-    frozen (refit); EGG = test - train, AIGG = test - refit, GMGG = refit - train. Columns
-    marked * are real BB-ANS bitstreams of the same image sets (ANS payload incl. chain-start
-    bits; container header excluded). At the last checkpoint (see --split) the test -ELBO is
-    split into -log p(x) (IWAE) + approximation gap + amortization gap (per-image optimised q).
+    frozen (refit); EGG = test - train, AIGG = test - refit, GMGG = refit - train. Standard
+    errors are over images: paired (per-image differences) where the same images are compared
+    (AIGG), combined from the two independent ones where train and test differ (EGG, GMGG).
+    Columns marked * are real .vae files of the same image sets on the model's default coder
+    path (8 x file size), each decoded again and verified; their one-time costs (chain-start
+    bits, container header) are also reported apart. The -ELBO above 24 bits per pixel, which
+    the coder's 2^-24 probability floor does not charge, is reported too. At the last
+    checkpoint (see --split) the test -ELBO is split into -log p(x) (IWAE) + approximation gap
+    + amortization gap (per-image optimised q), on a seeded random subset of the test images.
+
+    Every checkpoint's result is stored as soon as it is measured, in RUN_DIR/gaps/<settings
+    hash>/epoch_NNNN.json with the refit encoder (safetensors); a refit saves its state every 10
+    epochs. Run the same command again after an interruption: finished checkpoints are read
+    back, an interrupted refit continues. The whole result also goes there as gaps.json,
+    gaps.csv, gaps.md and gaps.png.
 
     RUN_DIR is a directory made by `vaecompress train ... --save-every S -o RUN_DIR`.
 
     --quick: if RUN_DIR holds no checkpoint, first trains mlp-paper (3x500, z=10) on 1,000
     mnist-bin training images for 50 epochs, saving every 10; then measures with 20 refit
-    epochs, the first 1,000 test images, IWAE K=200 and 100 local steps on 300 of them,
-    and writes RUN_DIR/gaps.json, gaps.csv and gaps.png unless told otherwise.
-    About 1 minute on 2 busy CPU cores.
+    epochs, seeded random 500 of the training and 500 of the test images, IWAE K=200 and 100
+    local steps on 250 of them, and also writes RUN_DIR/gaps.json, gaps.csv and gaps.png.
+    About 70 s of CPU time (one core).
 
     Runs on --threads torch threads (default 1: the networks are small and the batches are
     100 images, so more threads gain little, and on shared cores they can cost 10x).
@@ -624,19 +656,23 @@ def gaps(run_dir, refit_epochs, json_out, csv_out, plot_out, quick, iwae_k, loca
     Examples:
       vaecompress gaps runs/quick --quick
       vaecompress train -d mnist-bin -m mlp-paper -e 500 --train-size 1000 --save-every 50 -o runs/overfit
-      vaecompress gaps runs/overfit --refit-epochs 100 --max-test 2000 --json gaps.json --plot gaps.png
+      vaecompress gaps runs/overfit --refit-until-converged --test-images 2000 --plot gaps.png
+      vaecompress gaps runs/seed-full --epochs 10,50,100 --refit-until-converged --split all
     """
     import torch
     from tqdm import tqdm
     from bbans_vae import gaps as G
     from bbans_vae.checkpoint import newest_checkpoint
     from bbans_vae.settings import with_overrides
+    from . import render_gaps as R
 
     rd = Path(run_dir)
     base = G.QUICK_GAPS if quick else G.GapsConfig()
-    over = {"refit_epochs": refit_epochs, "iwae_k": iwae_k, "local_steps": local_steps, "max_test": max_test,
+    over = {"refit_epochs": refit_epochs, "iwae_k": iwae_k, "local_steps": local_steps, "test_images": test_images,
             "train_eval_size": train_eval_size, "split": split_at, "split_images": split_images,
-            "elbo_samples": samples, "chains": chains, "latent_bits": latent_bits}
+            "elbo_samples": samples, "chains": chains, "latent_bits": latent_bits, "coder_path": coder_path,
+            "refit_until_converged": refit_until_converged or None, "refit_tol": refit_tol,
+            "refit_max_epochs": refit_max_epochs}
     cfg = with_overrides(base, seed=seed, code=not no_bitstreams, epochs=int_list(epochs or None, "--epochs"), **over)
     torch.set_num_threads(threads)
     t0 = time.time()
@@ -650,9 +686,7 @@ def gaps(run_dir, refit_epochs, json_out, csv_out, plot_out, quick, iwae_k, loca
         if not quiet:
             click.echo(f"trained the quick setting ({q.preset}, {q.train_size} {q.dataset} images, {q.epochs} epochs) "
                        f"into {rd} in {time.time() - t0:.0f} s", err=True)
-        if not (json_out or csv_out or plot_out):
-            json_out, csv_out, plot_out = rd / "gaps.json", rd / "gaps.csv", rd / "gaps.png"
-    elif quick and not (json_out or csv_out or plot_out):
+    if quick and not (json_out or csv_out or plot_out):
         json_out, csv_out, plot_out = rd / "gaps.json", rd / "gaps.csv", rd / "gaps.png"
 
     bar = tqdm(total=1, desc="gaps", disable=quiet or not sys.stderr.isatty(), file=sys.stderr, leave=False,
@@ -667,22 +701,27 @@ def gaps(run_dir, refit_epochs, json_out, csv_out, plot_out, quick, iwae_k, loca
 
     def on_checkpoint(rec):
         if not header_done:
-            bar.write(G.format_row_header())
+            bar.write(R.header(cfg.code))
             header_done.append(True)
-        bar.write(G.format_row(rec))
+        bar.write(R.row(rec) + ("  (stored)" if rec.get("from_store") else ""))
 
-    res = G.run_gaps(rd, cfg, data_dir=data_dir, on_stage=on_stage, on_checkpoint=on_checkpoint)
+    res = G.run_gaps(rd, cfg, data_dir=data_dir, on_stage=on_stage, on_checkpoint=on_checkpoint, store=not no_store)
     bar.close()
-    click.echo(f"train: {res['train_eval_selection']}; test: {res['test_selection']}; bpd, * = real bitstreams "
-               f"({'container header excluded' if cfg.code else 'skipped'})")
+    click.echo(R.notes(res))
     if res["split"]:
-        click.echo(G.format_split(res["split"]))
-    for path, writer in ((json_out, G.write_json), (csv_out, G.write_csv), (plot_out, G.plot)):
+        click.echo(R.split_text(res["split"]))
+    outputs = [(json_out, R.write_json), (csv_out, R.write_csv), (plot_out, R.plot)]
+    if res["store_dir"]:
+        sd = Path(res["store_dir"])
+        outputs += [(sd / "gaps.json", R.write_json), (sd / "gaps.csv", R.write_csv), (sd / "gaps.png", R.plot)]
+        (sd / "gaps.md").write_text(R.markdown(res) + "\n")
+    for path, writer in outputs:
         if path:
             writer(res, Path(path))
             click.echo(f"wrote {path}")
-    click.echo(f"{len(res['checkpoints'])} checkpoints measured in {res['total_seconds']:.0f} s "
-               f"(total {time.time() - t0:.0f} s)")
+    stored = sum(1 for r in res["checkpoints"] if r.get("from_store"))
+    click.echo(f"{len(res['checkpoints'])} checkpoints ({stored} read from {res['store_dir']}) in "
+               f"{res['total_seconds']:.0f} s (total {time.time() - t0:.0f} s)")
 
 
 # ----------------------------------------------------------------------------- bench

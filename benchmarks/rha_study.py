@@ -1,0 +1,221 @@
+"""Reverse Half-Asleep as its authors ran it (issue 14, item 4), against the control, in real bits.
+
+For each model: the encoder is fine-tuned with the decoder (and any context network) frozen, for
+`--epochs` epochs over the model's training images, Adam lr 1e-3, in three variants:
+    rha-prior   every batch = B real images + B images dreamed from the prior (z ~ N(0, I), x ~ p(x|z))
+    rha-recon   every batch = B real images + B reconstructions of them (z ~ q(z|x), x ~ p(x|z))
+    control     every batch = B real images only (encoder-only fine-tuning on the ELBO), same epochs
+so every epoch sees every real image once (Zhang, Hayes & Barber, NeurIPS 2022, "Generalization Gaps
+in Amortized Inference": batches of 100 real + 100 dreamed images, ~100 epochs). Each variant is run
+with `--seeds` seeds (shuffling, noise and dreams differ).
+
+Measured per (model, variant, seed), on the test images (all, or a seeded random subset):
+    test -ELBO (10 seeded samples, the same noise for every encoder) and its gain over the baseline
+    encoder (paired per-image standard error);
+    AIGG = test -ELBO - the -ELBO of an encoder refit on the test images (decoder frozen, until
+    converged; one reference per model, `gaps.refit_encoder`), and the share of the baseline's
+    AIGG it removes;
+    real bpd of the test images as one bitstream with K transmit-free refinement steps, K in
+    `--refine` (K = 0 on the model's default coder path, exact for MLP models; K > 0 on float32, as
+    refinement needs it), every stream decoded and verified.
+Summary rows give the mean over seeds ± the standard error over seeds (and the mean paired
+per-image SE). Every finished piece is stored under --out as it is done (fine-tuned encoders as
+safetensors with their Adam state while they run), so re-running the same command resumes.
+
+    python benchmarks/rha_study.py --models mnist-bin-paper runs/seed-full/checkpoints/epoch_1000 \
+        mnist-bin mnist-bin-ctx mnist-ctx
+    python benchmarks/rha_study.py --tiny      # a seconds-long smoke test of the whole pipeline
+
+Cost on one CPU core: ~2x a training epoch per RHA epoch (twice the batch), so 100 epochs of a
+60k-image model are ~1 h per (variant, seed); run it on a GPU or in the background.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bbans_vae import gaps as G  # noqa: E402
+from bbans_vae.checkpoint import load_model, write_json_atomic  # noqa: E402
+from bbans_vae.data import load_dataset  # noqa: E402
+from bbans_vae.objectives import neg_elbo_bits  # noqa: E402
+from bbans_vae.train import train_subset_indices  # noqa: E402
+
+VARIANTS = ("rha-prior", "rha-recon", "control")
+
+
+def rha_loss(mode: str):
+    """-ELBO bits of [B real ; B dreamed] (mode prior/recon), or of the B real images (control)."""
+
+    def loss(model, x, gen):
+        if mode == "control":
+            return neg_elbo_bits(model, x, gen=gen).mean()
+        with torch.no_grad():
+            if mode == "rha-prior":
+                z = torch.randn(x.shape[0], model.cfg.latent_dim, generator=gen)
+            else:
+                mu, sigma = model.posterior(x)
+                z = mu + sigma * torch.randn(mu.shape, generator=gen)
+            dreamed = model.sample_given(z, gen).view(-1, *model.cfg.image_shape)
+        batch = torch.cat([x.float(), dreamed.float()], 0)
+        return neg_elbo_bits(model, batch, gen=gen).mean()
+
+    return loss
+
+
+def training_images(config: dict, data_dir) -> np.ndarray:
+    images = load_dataset(config["dataset"], "train", data_dir)
+    sub = config.get("train_subset") or {}
+    size = None if sub.get("full", True) else int(sub["size"])
+    return images[train_subset_indices(len(images), size, int(sub.get("seed", 0)))]
+
+
+def slug(ref: str) -> str:
+    return ref.strip("/").replace("/", "_")
+
+
+def per_image(out: Path, name: str, compute) -> np.ndarray:
+    """Cached per-image array (npy) under out."""
+    p = out / f"{name}.npy"
+    if p.is_file():
+        return np.load(p)
+    a = np.asarray(compute(), dtype=np.float64)
+    out.mkdir(parents=True, exist_ok=True)
+    np.save(p, a)
+    return a
+
+
+def coded_row(model, images: np.ndarray, k: int, chains: int, out: Path, name: str) -> dict:
+    """A real file of `images` with K refinement steps (K = 0: the model's default coder path),
+    decoded and verified; cached under out (the per-image code lengths as .npy)."""
+    p = out / f"{name}.json"
+    if p.is_file():
+        return json.loads(p.read_text())
+    c = G.coded_bits(model, images, chains, 8, None if k == 0 else "float32", refine_steps=k, name=name)
+    dims = images.shape[0] * model.cfg.n_pixels
+    row = {"refine_steps": k, "coder_path": c["coder_path"], "actual_bpd": c["actual_bits"] / dims,
+           "actual_se_bpd": G.stderr(c["ideal_per_image"]) / model.cfg.n_pixels,
+           "initial_bpd": c["initial_bits"] / dims, "container_bpd": c["container_bits"] / dims,
+           "verified": c["verified"], "encode_seconds": c["encode_seconds"], "decode_seconds": c["decode_seconds"]}
+    out.mkdir(parents=True, exist_ok=True)
+    np.save(out / f"{name}.ideal.npy", c["ideal_per_image"])
+    write_json_atomic(p, row)
+    return row
+
+
+def study_model(ref: str, args, out_root: Path) -> list[dict]:
+    base, config, _ = load_model(ref)
+    dims = base.cfg.n_pixels
+    out = out_root / slug(ref)
+    test = load_dataset(config["dataset"], "test", args.data_dir)
+    test = test[G.random_subset(len(test), args.test_images, 0, G.SALT_TEST)]
+    train_x = training_images(config, args.data_dir)
+    if args.train_images:
+        train_x = train_x[G.random_subset(len(train_x), args.train_images, 0, G.SALT_TRAIN)]
+    print(f"{ref}: {len(train_x)} training images, {len(test)} test images", flush=True)
+    # the AIGG reference: an encoder refit on the test images, until converged
+    ref_fit = G.refit_encoder(base, test, until_converged=True, tol=args.refit_tol, max_epochs=args.refit_max_epochs,
+                              state_dir=out / "refit-test")
+    refit_elbo = per_image(out, "refit_test_elbo", lambda: G.elbo_bits(ref_fit.model, test, args.samples))
+    base_elbo = per_image(out, "baseline_test_elbo", lambda: G.elbo_bits(base, test, args.samples))
+    aigg_base = float((base_elbo - refit_elbo).mean() / dims)
+    rows = []
+    encoders = [("baseline", None, base)]
+    for variant in args.variants:
+        for seed in args.seeds:
+            fit = G.refit_encoder(base, train_x, args.epochs, seed=seed, state_dir=out / f"{variant}-seed{seed}",
+                                  loss=rha_loss(variant), eval_every=max(1, args.epochs))
+            encoders.append((variant, seed, fit.model))
+    for variant, seed, model in encoders:
+        name = variant if seed is None else f"{variant}-seed{seed}"
+        elbo = per_image(out, f"{name}_test_elbo", lambda: G.elbo_bits(model, test, args.samples))
+        gain, gain_se = G.paired_gap(base_elbo, elbo)
+        aigg = float((elbo - refit_elbo).mean() / dims)
+        row = {"model": ref, "variant": variant, "seed": seed, "epochs": 0 if seed is None else args.epochs,
+               "n_test_images": len(test), "test_elbo_bpd": float(elbo.mean() / dims),
+               "test_elbo_se_bpd": G.stderr(elbo) / dims, "gain_bpd": gain / dims, "gain_se_bpd": gain_se / dims,
+               "aigg_bpd": aigg, "aigg_se_bpd": G.stderr(elbo - refit_elbo) / dims,
+               "aigg_removed_share": (aigg_base - aigg) / aigg_base if aigg_base else None,
+               "refit_reference_epochs": ref_fit.epochs, "refit_reference_converged": ref_fit.converged}
+        for k in args.refine:
+            c = coded_row(model, test, k, args.chains, out / "coded", f"{name}-K{k}")
+            row[f"actual_k{k}_bpd"] = c["actual_bpd"]
+            row[f"actual_k{k}_se_bpd"] = c["actual_se_bpd"]
+            row[f"verified_k{k}"] = c["verified"]
+            # real-bit gain over the baseline encoder at the same K, SE from the per-image code lengths
+            base_k = np.load(out / "coded" / f"baseline-K{k}.ideal.npy")
+            mine = np.load(out / "coded" / f"{name}-K{k}.ideal.npy")
+            base_row = json.loads((out / "coded" / f"baseline-K{k}.json").read_text())
+            row[f"actual_k{k}_gain_bpd"] = base_row["actual_bpd"] - c["actual_bpd"]
+            row[f"actual_k{k}_gain_se_bpd"] = G.paired_gap(base_k, mine)[1] / dims
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
+
+
+def summarise(rows: list[dict], refine: list[int]) -> list[dict]:
+    """Mean over seeds ± SE over seeds, per (model, variant)."""
+    out = []
+    keys = ["test_elbo_bpd", "gain_bpd", "aigg_bpd", "aigg_removed_share"] + [
+        f"actual_k{k}{x}_bpd" for k in refine for x in ("", "_gain")]
+    groups: dict = {}
+    for r in rows:
+        groups.setdefault((r["model"], r["variant"]), []).append(r)
+    for (model, variant), rs in groups.items():
+        s = {"model": model, "variant": variant, "n_seeds": len([r for r in rs if r["seed"] is not None])}
+        for k in keys:
+            v = np.array([r[k] for r in rs if r.get(k) is not None], dtype=np.float64)
+            s[k] = float(v.mean()) if len(v) else None
+            s[f"{k}_seed_se"] = float(v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else None
+        s["gain_image_se_bpd"] = float(np.mean([r["gain_se_bpd"] for r in rs]))
+        out.append(s)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--models", nargs="+", default=["mnist-bin-paper", "mnist-bin", "mnist-bin-ctx", "mnist-ctx"])
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--epochs", type=int, default=100)
+    ap.add_argument("--refine", nargs="+", type=int, default=[0, 2, 10])
+    ap.add_argument("--test-images", type=int, default=None, help="seeded random subset (default: all)")
+    ap.add_argument("--train-images", type=int, default=None, help="seeded random subset of the training images")
+    ap.add_argument("--refit-tol", type=float, default=1e-4)
+    ap.add_argument("--refit-max-epochs", type=int, default=1000)
+    ap.add_argument("--samples", type=int, default=10)
+    ap.add_argument("--chains", type=int, default=10)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--data-dir", default=None)
+    ap.add_argument("--out", default="runs/rha-study")
+    ap.add_argument("--tiny", action="store_true", help="smoke test: 200 train / 100 test images, 2 epochs, 1 seed")
+    args = ap.parse_args()
+    if args.tiny:
+        args.test_images, args.train_images, args.epochs, args.seeds = 100, 200, 2, [0]
+        args.refine, args.refit_max_epochs, args.samples, args.chains = [0, 2], 5, 2, 2
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    t0 = time.time()
+    rows = []
+    for ref in args.models:
+        rows += study_model(ref, args, out)
+        result = {"command": "python " + " ".join(sys.argv), "settings": vars(args), "rows": rows,
+                  "summary": summarise(rows, args.refine), "seconds": time.time() - t0,
+                  "machine": {"torch": torch.__version__, "platform": platform.platform(),
+                              "torch_threads": torch.get_num_threads()}}
+        write_json_atomic(out / "results.json", result)
+    print(f"wrote {out}/results.json in {time.time() - t0:.0f} s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
