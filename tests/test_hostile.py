@@ -185,6 +185,16 @@ def test_random_payload_refused_after_one_block(base, tmp_path):
     check(decode(f, tmp_path / "o"), "do not match their checksum", "32,001 images on 1,000 random words")
 
 
+@pytest.mark.parametrize("workers", [2, 3])
+def test_random_payload_refused_after_one_block_with_workers(base, tmp_path, workers):
+    """The same with several worker processes: the parent reassembles whole rounds from the
+    workers' shared output and checks each block as it completes, stopping every worker."""
+    f = craft(base, tmp_path / "r.vae", chains=[random_words(500, seed=s) for s in range(4)], n_images=32_001,
+              plain_images=[0, 1, 2, 3])
+    check(decode(f, tmp_path / "o", "--workers", str(workers)), "do not match their checksum",
+          f"32,001 images on 4 x 500 random words, {workers} workers")
+
+
 def test_refinement_steps_bounded_in_the_container(base, tmp_path):
     f = craft(base, tmp_path / "r.vae", coder_path="float32", machine=C.machine_fingerprint(), refine_steps=10_000,
               refine_lr_e4=100)

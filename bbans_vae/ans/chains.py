@@ -301,6 +301,30 @@ def _decode_group(backend: Backend, chain_words: list[np.ndarray], layout: Chain
         raise ContainerError("corrupt payload: data left over after the last image")
 
 
+class _CompleteRounds:
+    """`job_progress` for grouped decoding: calls `on_round(idx, out[idx])` for every round, last
+    first, as soon as every group has decoded its part of it (each progress report of a group is
+    one round of that group, its rounds also run last-first)."""
+
+    def __init__(self, layout: ChainLayout, groups: list[tuple[int, int]], out: np.ndarray,
+                 on_round: Callable[[np.ndarray, np.ndarray], None]):
+        self.layout, self.out, self.on_round = layout, out, on_round
+        self.group_rounds = [[t for t, _ in reversed(list(_group_rounds(layout, c0, c1)))] for c0, c1 in groups]
+        self.done = [0] * len(groups)               # rounds each group has reported
+        self.next_round = layout.n_rounds - 1       # the next round to hand to on_round
+
+    def _group_done_with(self, g: int, t: int) -> bool:
+        rounds = self.group_rounds[g]
+        return not rounds or t > rounds[0] or (self.done[g] > 0 and rounds[self.done[g] - 1] <= t)
+
+    def __call__(self, g: int, n_images: int) -> None:
+        self.done[g] += 1
+        while self.next_round >= 0 and all(self._group_done_with(k, self.next_round) for k in range(len(self.done))):
+            idx = self.layout.round_images(self.next_round)
+            self.next_round -= 1
+            self.on_round(idx, self.out[idx])
+
+
 def decode_images(model: VAE, chain_words: list[np.ndarray], n_images: int, image_shape: tuple,
                   plain_images: list[int], latent_bits: int = DEFAULT_LATENT_BITS,
                   progress: Callable[[int], None] | None = None, backend: Backend | None = None,
@@ -311,7 +335,8 @@ def decode_images(model: VAE, chain_words: list[np.ndarray], n_images: int, imag
     A chain fed random words does not run dry (it settles at a few hundred valid bits), so the
     work on corrupt data is bounded by the caller: `on_round(idx, x)` sees every round's images
     as soon as they are decoded (rounds run last-first) and may raise (pipeline's block checks);
-    with several worker groups it is not called (each group holds only part of a round).
+    with several worker groups this process calls it as each round completes in every group, and
+    raising there stops all workers.
     """
     layout = ChainLayout(n_images, len(chain_words))
     backend = backend if backend is not None else FloatBackend(model, latent_bits)
@@ -319,7 +344,10 @@ def decode_images(model: VAE, chain_words: list[np.ndarray], n_images: int, imag
     groups = chain_groups(layout.n_chains, workers if backend.batch_invariant else 1)
     out = (shared_array if len(groups) > 1 else np.zeros)((n_images, *image_shape), np.uint8)
     plain = np.unique(np.asarray(plain_images, dtype=np.int64))
-    hook = on_round if len(groups) == 1 else None   # a round spans every group's chains
-    run_jobs([functools.partial(_decode_group, backend, chain_words, layout, plain, out, c0, c1, hook=hook)
-              for c0, c1 in groups], progress)
+    jobs = [functools.partial(_decode_group, backend, chain_words, layout, plain, out, c0, c1,
+                              hook=on_round if len(groups) == 1 else None) for c0, c1 in groups]
+    # with several groups a round spans every group's chains: this process reassembles whole rounds
+    # from the groups' progress (their pixels are in the shared `out`) and calls on_round on them
+    merged = _CompleteRounds(layout, groups, out, on_round) if on_round is not None and len(groups) > 1 else None
+    run_jobs(jobs, progress, job_progress=merged)
     return out

@@ -8,6 +8,7 @@ is not available everything runs in this process.
 """
 from __future__ import annotations
 
+import functools
 import mmap
 import multiprocessing as mp
 import os
@@ -52,13 +53,19 @@ def _child(job: Job, k: int, queue) -> None:
             queue.put(("error", k, RuntimeError("".join(traceback.format_exception(e)))))
 
 
-def run_jobs(jobs: Sequence[Job], progress: Progress | None = None) -> list:
+def run_jobs(jobs: Sequence[Job], progress: Progress | None = None,
+             job_progress: Callable[[int, int], None] | None = None) -> list:
     """Run `jobs` (each called with a progress callback) in parallel processes; their results in
-    order. One job (or no fork) runs here. The first error in any job is raised here after all
-    workers are stopped."""
-    report = progress or (lambda n: None)
+    order. One job (or no fork) runs here. `job_progress(k, n)`, if given, is called in this
+    process for every progress report of job k (in the order each job sent them) and may raise.
+    The first error in any job or callback is raised here after all workers are stopped."""
+    def report(k: int, n: int) -> None:
+        if job_progress is not None:
+            job_progress(k, n)
+        if progress is not None:
+            progress(n)
     if len(jobs) == 1 or not can_fork():
-        return [job(report) for job in jobs]
+        return [job(functools.partial(report, k)) for k, job in enumerate(jobs)]
     ctx = mp.get_context("fork")
     queue = ctx.Queue()
     procs = [ctx.Process(target=_child, args=(job, k, queue), daemon=True) for k, job in enumerate(jobs)]
@@ -76,7 +83,7 @@ def run_jobs(jobs: Sequence[Job], progress: Progress | None = None) -> list:
                     raise RuntimeError(f"a worker process died (exit code {dead[0].exitcode})") from None
                 continue
             if kind == "progress":
-                report(value)
+                report(k, value)
             elif kind == "done":
                 results[k] = value
                 pending -= 1
