@@ -103,7 +103,7 @@ def test_encode_info_and_api_agree_on_every_shared_key(tiny_ckpt, binary, tmp_pa
     np.save(tmp_path / "image.npy", binary)                    # names image_00000...: the API's default
     vae = tmp_path / "x.vae"
     enc = json.loads(cli("encode", tmp_path / "image.npy", "-o", vae, "--model", tiny_ckpt, "--chains", "3",
-                         "--json", "-q"))
+                         "--json", "--elbo", "-q"))
     info = json.loads(cli("info", vae, "--json"))
     data, api = bv.load(tiny_ckpt).compress(binary, chains=3, report=True)
     assert data == vae.read_bytes()
