@@ -202,10 +202,19 @@ def decompress(data: bytes, model: VAE, model_sha256_hex: str,
                              workers=workers)
 
 
+# Version-1 files hold no block checksums: a corrupt or crafted one is caught only after decoding
+# everything it declares. Without `trust_v1`, decode bounds that work: images x (1 + refine steps).
+V1_UNCHECKED_WORK = 1000
+
+
 def check_decodable(header: Header, model: VAE, model_sha256_hex: str, max_memory: int | None = None,
-                    max_output_bytes: int | None = None) -> int:
+                    max_output_bytes: int | None = None, trust_v1: bool = False) -> int:
     """Everything decode checks before allocating: model, engine, shapes, limits, memory (returns
     the memory estimate in bytes). Raises ContainerError / LimitError."""
+    if header.version == 1 and not trust_v1 and header.n_images * (1 + header.refine_steps) > V1_UNCHECKED_WORK:
+        raise ContainerError(f"version-1 file declaring {header.n_images} images (refine steps {header.refine_steps}): "
+                             "it holds no block checksums, so a corrupt one is found only after decoding all of "
+                             "them; if you trust it, decode with --trust-v1 (and re-encode it to version 2)")
     want = bytes.fromhex(model_sha256_hex)[:len(header.model_sha256)]
     if header.model_sha256 != want:
         named = f" {printable(header.model_name)!r}" if header.model_name else ""
@@ -272,10 +281,10 @@ class _BlockChecks:
 
 def decompress_parsed(header: Header, chains: list[np.ndarray], model: VAE, model_sha256_hex: str,
                       progress: Callable[[int], None] | None = None, batch_split: int | None = None,
-                      max_memory: int | None = None, max_output_bytes: int | None = None, workers: int = 1
-                      ) -> tuple[np.ndarray, Header, dict]:
+                      max_memory: int | None = None, max_output_bytes: int | None = None, workers: int = 1,
+                      trust_v1: bool = False) -> tuple[np.ndarray, Header, dict]:
     """`decompress` for a container already read (`container.read_file` / `unpack`)."""
-    check_decodable(header, model, model_sha256_hex, max_memory, max_output_bytes)
+    check_decodable(header, model, model_sha256_hex, max_memory, max_output_bytes, trust_v1)
     t0 = time.perf_counter()
     try:
         backend = make_coder_backend(header.coder_path, model, header.latent_bits, header.refine_steps,

@@ -427,10 +427,13 @@ def encode(inputs, output, model_ref, chains, latent_bits, refine_steps, coder_p
 @click.option("--max-output-bytes", "max_output", default=None, metavar="SIZE", callback=lambda c, p, v: _size(v, p),
               help="Refuse files that decode to more than SIZE bytes of pixels.  [default: no limit beyond "
                    "--max-memory and the free disk space]")
+@click.option("--trust-v1", is_flag=True,
+              help="Decode a version-1 file of more than 1,000 images (or with refinement): such files hold no "
+                   "block checksums, so corruption shows only at the end.")
 @click.option("--json", "as_json", is_flag=True)
 @workers_option
 @quiet_option
-def decode(input_file, output, fmt, model_ref, force, max_memory, max_output, as_json, workers, quiet):
+def decode(input_file, output, fmt, model_ref, force, max_memory, max_output, trust_v1, as_json, workers, quiet):
     """Restore the exact pixels from a .vae file into a directory.
 
     The decoded pixels are checked against the checksums stored at encode time, block by block
@@ -463,12 +466,12 @@ def decode(input_file, output, fmt, model_ref, force, max_memory, max_output, as
         model, config = _load_for_coding(model_ref)
     else:
         model, config = load_checkpoint(locate_model(header.model_name, header.model_sha256))
-    check_decodable(header, model, config["weights_sha256"], cap, max_output)
+    check_decodable(header, model, config["weights_sha256"], cap, max_output, trust_v1)
     with progress_bar(header.n_images, "decode", quiet) as bar:
         pixels, header, report = decompress_parsed(header, chains, model, config["weights_sha256"],
                                                    progress=bar.update, max_memory=cap,
                                                    workers=default_workers(workers),
-                                                   max_output_bytes=max_output)
+                                                   max_output_bytes=max_output, trust_v1=trust_v1)
     del chains
     write_outputs(pixels, names, out, fmt, force)
     if as_json:

@@ -493,6 +493,17 @@ def test_version_1_files_still_decode(tmp_path):
         assert hashlib.sha256(np.ascontiguousarray(got).tobytes()).hexdigest() == m["pixels_sha256"]
 
 
+def test_version_1_random_payload_refused_unless_trusted(base, tmp_path):
+    """A version-1 file has no block checksums: 32,001 images declared on random words would decode
+    for minutes before its final checksum fails, so decode refuses it up front unless --trust-v1."""
+    h = dataclasses.replace(base.header, model_name="mnist-bin-ctx", model_sha256=bytes.fromhex(base.sha)[:16],
+                            engine=C.ENGINES[0], torch_version=torch.__version__, n_images=32_001, plain_images=[0],
+                            names=None, names_stem="image", pixels_sha256=bytes(16))
+    f = tmp_path / "v1.vae"
+    f.write_bytes(pack_v1(h, [random_words(1000)]))
+    check(decode(f, tmp_path / "o"), "--trust-v1", "version-1 file, 32,001 images on random words")
+
+
 def test_zz_report(capsys, request):
     """Print the measured cases with `-s` (the table in benchmarks/results/fuzz/ comes from it)."""
     if request.config.getoption("capture") != "no":
