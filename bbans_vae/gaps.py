@@ -135,6 +135,8 @@ class GapsConfig:
     local_init: str = "refit"        # start local opt from the "refit" or the "train" encoder's output
     seed: int = 0
     epochs: tuple | None = None      # only these checkpoint epochs (None: all)
+    device: str = "cpu"              # where the -ELBO, floor, local-opt and IWAE passes run ("cuda": a GPU;
+                                     # its noise stream differs from the CPU's); coding is always on the CPU
 
     def validate(self) -> None:
         if self.refit_epochs < 0 or self.refit_batch_size < 1 or self.refit_lr <= 0:
@@ -156,12 +158,16 @@ class GapsConfig:
             raise VaeCompressError("local_init must be 'refit' or 'train'")
         if self.coder_path not in (None, "exact", "float32"):
             raise VaeCompressError(f"coder path must be exact or float32, not {self.coder_path!r}")
+        if self.device not in ("cpu", "cuda"):
+            raise VaeCompressError(f"device must be cpu or cuda, not {self.device!r}")
 
     def measured_settings(self) -> dict:
         """The settings that change a checkpoint's numbers (what the store's hash covers)."""
         d = asdict(self)
         for k in ("epochs", "split"):  # which checkpoints, not how each is measured
             d.pop(k)
+        if self.device == "cpu":       # stores made before the device setting keep their hash
+            d.pop("device")
         if self.refit_until_converged:
             d.pop("refit_epochs")
         else:
@@ -347,39 +353,44 @@ def run_images(run_dir: Path, config: dict, cfg: GapsConfig, data_dir=None) -> G
 
 
 def elbo_bits(model: VAE, images: np.ndarray, n_samples: int = 10, seed: int = 0,
-              posterior: tuple[torch.Tensor, torch.Tensor] | None = None, batch_size: int = 1000) -> np.ndarray:
+              posterior: tuple[torch.Tensor, torch.Tensor] | None = None, batch_size: int = 1000,
+              device: str = "cpu") -> np.ndarray:
     """Per-image -ELBO in bits, float64 (`objectives.dataset_neg_elbo_bits`, seeded: the same seed
-    and images give the same noise, whatever the encoder or given posterior)."""
-    return dataset_neg_elbo_bits(model, images, batch_size, seed, n_samples, posterior=posterior).astype(np.float64)
+    and images give the same noise, whatever the encoder or given posterior). `model` lives on
+    `device`."""
+    if posterior is not None:
+        posterior = (posterior[0].to(device), posterior[1].to(device))
+    return dataset_neg_elbo_bits(model, images, batch_size, seed, n_samples, device=device,
+                                 posterior=posterior).astype(np.float64)
 
 
 def pixel_floor_excess_bits(model: VAE, images: np.ndarray, n_samples: int = 10, seed: int = 0,
                             floor_bits: float = PIXEL_FLOOR_BITS,
-                            batch_size: int = 500) -> tuple[np.ndarray, np.ndarray]:
+                            batch_size: int = 500, device: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
     """Per image: E_q[sum over pixels of max(0, -log2 p(x_i|z) - floor_bits)] in bits (the part of
     the -ELBO that a coder flooring every pixel probability at 2^-floor_bits does not charge), and
     the expected number of such pixels. `n_samples` seeded samples z ~ q(z|x)."""
-    gen = torch.Generator().manual_seed(seed + 4_049)
+    gen = torch.Generator(device=device).manual_seed(seed + 4_049)
     excess, count = [], []
     model.eval()
     lik = model.likelihood
     with torch.no_grad():
         for i in range(0, len(images), batch_size):
-            x = torch.from_numpy(images[i:i + batch_size])
+            x = torch.from_numpy(images[i:i + batch_size]).to(device)
             mu, sigma = model.posterior(x)
             xf = model.flat_pixels(x)
             b, p = xf.shape
-            e = torch.zeros(b, dtype=torch.float64)
-            c = torch.zeros(b, dtype=torch.float64)
+            e = torch.zeros(b, dtype=torch.float64, device=device)
+            c = torch.zeros(b, dtype=torch.float64, device=device)
             for _ in range(n_samples):
-                out = model.pixel_out(mu + sigma * torch.randn(mu.shape, generator=gen), xf)
+                out = model.pixel_out(mu + sigma * torch.randn(mu.shape, generator=gen, device=device), xf)
                 # one pixel per row: every likelihood lays its parameters out pixel-major
                 per_pixel = lik.nll_bits(xf.reshape(b * p, 1), out.reshape(b * p, -1)).view(b, p)
                 over = (per_pixel - floor_bits).clamp(min=0)
                 e += over.sum(-1).double()
                 c += (over > 0).sum(-1).double()
-            excess.append((e / n_samples).numpy())
-            count.append((c / n_samples).numpy())
+            excess.append((e / n_samples).cpu().numpy())
+            count.append((c / n_samples).cpu().numpy())
     return (np.concatenate(excess) if excess else np.zeros(0)), (np.concatenate(count) if count else np.zeros(0))
 
 
@@ -513,23 +524,23 @@ def load_refit(model: VAE, state_dir: Path) -> VAE:
 
 
 def local_opt_posterior(model: VAE, images: np.ndarray, steps: int, lr: float = 1e-2, seed: int = 0,
-                        n_samples: int = 1, init: VAE | None = None,
-                        batch_size: int = 1000) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
+                        n_samples: int = 1, init: VAE | None = None, batch_size: int = 1000,
+                        device: str = "cpu") -> tuple[torch.Tensor, torch.Tensor, list[float]]:
     """Per-image Gaussian q(z) = N(mu, sigma^2) fitted by Adam on each image's -ELBO, decoder frozen.
 
     Starts from `init`'s (default: `model`'s) encoder output; optimises mu and log sigma of every
     image independently (the loss is the sum over images, so the batch does not couple them) for
     `steps` steps (`optim.minimise`) with `n_samples` reparameterised samples per step, noise
-    seeded. Returns (mu, sigma) and the loss curve (mean -ELBO bpd over all images per step, fresh
-    noise every step).
+    seeded. Returns (mu, sigma) (on the CPU) and the loss curve (mean -ELBO bpd over all images per
+    step, fresh noise every step). `model` and `init` live on `device`.
     """
-    gen = torch.Generator().manual_seed(seed + 99_991)
+    gen = torch.Generator(device=device).manual_seed(seed + 99_991)
     mus, sigmas = [], []
     curve = np.zeros(steps)
     enc = init if init is not None else model
     model.eval()
     for i in range(0, len(images), batch_size):
-        x = torch.from_numpy(images[i:i + batch_size])
+        x = torch.from_numpy(images[i:i + batch_size]).to(device)
         with torch.no_grad():
             mu0, sigma0 = enc.posterior(x)
         mu = mu0.clone().requires_grad_(True)
@@ -542,8 +553,8 @@ def local_opt_posterior(model: VAE, images: np.ndarray, steps: int, lr: float = 
         with torch.enable_grad():
             for s, step_loss in minimise(opt, loss_fn, range(steps)):
                 curve[s] += step_loss
-        mus.append(mu.detach())
-        sigmas.append(torch.exp(log_sigma.detach()))
+        mus.append(mu.detach().cpu())
+        sigmas.append(torch.exp(log_sigma.detach()).cpu())
     return torch.cat(mus), torch.cat(sigmas), list(curve / max(1, len(images)) / model.cfg.n_pixels)
 
 
@@ -583,6 +594,11 @@ def coded_bits(model: VAE, images: np.ndarray, chains: int, latent_bits: int, co
 # ----------------------------------------------------------------------------- one checkpoint
 
 
+def on_device(model: VAE, device: str) -> VAE:
+    """`model` itself on the CPU, else a copy on `device` (the coder keeps using the CPU model)."""
+    return model if device == "cpu" else copy.deepcopy(model).to(device)
+
+
 def _put(rec: dict, key: str, value_se: tuple[float, float], dims: int) -> None:
     rec[f"{key}_bpd"] = value_se[0] / dims
     rec[f"{key}_se_bpd"] = value_se[1] / dims
@@ -594,20 +610,23 @@ def amortization_split(model: VAE, refit: VAE, images: np.ndarray, cfg: GapsConf
     paired standard errors."""
     dims = model.cfg.n_pixels
     n = len(images)
+    dev = cfg.device
+    model, refit = on_device(model, dev), on_device(refit, dev)
     t0 = time.perf_counter()
-    test = elbo_bits(model, images, cfg.elbo_samples, cfg.seed)
-    test_refit = elbo_bits(refit, images, cfg.elbo_samples, cfg.seed)
+    test = elbo_bits(model, images, cfg.elbo_samples, cfg.seed, device=dev)
+    test_refit = elbo_bits(refit, images, cfg.elbo_samples, cfg.seed, device=dev)
     stage(f"local opt of q ({cfg.local_steps} steps on {n} test images)")
     init = refit if cfg.local_init == "refit" else model
     mu, sigma, curve = local_opt_posterior(model, images, cfg.local_steps, cfg.local_lr, cfg.seed,
-                                           cfg.local_samples, init=init)
-    local = elbo_bits(model, images, cfg.elbo_samples, cfg.seed, posterior=(mu, sigma))
+                                           cfg.local_samples, init=init, device=dev)
+    local = elbo_bits(model, images, cfg.elbo_samples, cfg.seed, posterior=(mu, sigma), device=dev)
     t_local = time.perf_counter() - t0
     stage(f"IWAE (K={cfg.iwae_k}) on {n} test images")
     t1 = time.perf_counter()
-    iw = dataset_iwae_bits(model, images, cfg.iwae_k, cfg.seed + 31_337, proposal=(mu, sigma)).astype(np.float64)
+    iw = dataset_iwae_bits(model, images, cfg.iwae_k, cfg.seed + 31_337, proposal=(mu, sigma),
+                           device=dev).astype(np.float64)
     t_iwae = time.perf_counter() - t1
-    r: dict = {"split_n_images": n, "split_selection": selection, "iwae_k": cfg.iwae_k,
+    r: dict = {"split_n_images": n, "split_selection": selection, "iwae_k": cfg.iwae_k, "split_device": dev,
                "iwae_proposal": "the per-image optimised Gaussian q (local opt)"}
     zero = np.zeros(n)
     _put(r, "split_test_elbo", (test.mean(), stderr(test)), dims)
@@ -652,12 +671,14 @@ def checkpoint_gaps(model: VAE, images: GapImages, cfg: GapsConfig, with_split: 
     dims = model.cfg.n_pixels
     train_images, test_images = images.train, images.test
     n_tr, n_te = len(train_images), len(test_images)
-    rec: dict = {}
+    rec: dict = {"elbo_device": cfg.device}
+    dev = cfg.device
     t0 = time.perf_counter()
     stage(f"train -ELBO ({n_tr} images)")
-    per = {"train": elbo_bits(model, train_images, cfg.elbo_samples, cfg.seed)}
+    model_d = on_device(model, dev)
+    per = {"train": elbo_bits(model_d, train_images, cfg.elbo_samples, cfg.seed, device=dev)}
     stage(f"test -ELBO ({n_te} images)")
-    per["test"] = elbo_bits(model, test_images, cfg.elbo_samples, cfg.seed)
+    per["test"] = elbo_bits(model_d, test_images, cfg.elbo_samples, cfg.seed, device=dev)
     stage(f"refit encoder ({refit_description(cfg)} on {n_te} test images)")
     fit = refit_encoder(model, test_images, cfg.refit_epochs, cfg.refit_lr, cfg.refit_batch_size, cfg.seed,
                         until_converged=cfg.refit_until_converged, tol=cfg.refit_tol,
@@ -668,7 +689,8 @@ def checkpoint_gaps(model: VAE, images: GapImages, cfg: GapsConfig, with_split: 
     if refit_dir is not None:
         rec["refit_encoder_weights"] = str(Path(refit_dir) / REFIT_ENCODER)
         rec["refit_encoder_sha256"] = sha256_file(Path(refit_dir) / REFIT_ENCODER)
-    per["test_refit"] = elbo_bits(refit, test_images, cfg.elbo_samples, cfg.seed)
+    refit_d = on_device(refit, dev)
+    per["test_refit"] = elbo_bits(refit_d, test_images, cfg.elbo_samples, cfg.seed, device=dev)
     for s in STREAMS:
         _put(rec, f"{s}_elbo", (per[s].mean(), stderr(per[s])), dims)
     _stream_gaps(rec, per, "", dims)
@@ -677,9 +699,10 @@ def checkpoint_gaps(model: VAE, images: GapImages, cfg: GapsConfig, with_split: 
     stage("2^-24 pixel floor: the -ELBO above 24 bits per pixel")
     floored = {}
     models = {"train": model, "test": model, "test_refit": refit}
+    models_d = {"train": model_d, "test": model_d, "test_refit": refit_d}
     imgs = {"train": train_images, "test": test_images, "test_refit": test_images}
     for s in STREAMS:
-        excess, count = pixel_floor_excess_bits(models[s], imgs[s], cfg.elbo_samples, cfg.seed)
+        excess, count = pixel_floor_excess_bits(models_d[s], imgs[s], cfg.elbo_samples, cfg.seed, device=dev)
         floored[s] = per[s] - excess
         rec[f"{s}_floor_excess_bpd"] = float(excess.mean() / dims)
         rec[f"{s}_floored_pixels_per_image"] = float(count.mean())

@@ -54,7 +54,7 @@ def iwae_bits(model: VAE, x: torch.Tensor, k: int, gen: torch.Generator | None =
     logws = []
     for start in range(0, k, chunk):
         m = min(chunk, k - start)
-        eps = torch.randn(m, B, D, generator=gen)
+        eps = torch.randn(m, B, D, generator=gen, device=mu.device)
         z = mu + sigma * eps                                            # (m, B, D)
         xr = xf.repeat(m, 1)
         nll = model.likelihood.nll_bits(xr, model.pixel_out(z.view(m * B, D), xr)).view(m, B) * LN2
@@ -120,12 +120,14 @@ def dataset_neg_elbo_bits(model: VAE, images: np.ndarray, batch_size: int | None
 
 @torch.no_grad()
 def dataset_iwae_bits(model: VAE, images: np.ndarray, k: int, seed: int = 0, batch_size: int = 100,
-                      proposal: tuple[torch.Tensor, torch.Tensor] | None = None) -> np.ndarray:
+                      proposal: tuple[torch.Tensor, torch.Tensor] | None = None, device: str = "cpu") -> np.ndarray:
     """Per-image IWAE estimate of -log2 p(x) with k samples; proposal q(z|x), or the given (N, D)
-    mu and sigma rows. One generator seeded `seed`."""
-    gen = torch.Generator().manual_seed(seed)
+    mu and sigma rows. One generator seeded `seed`; `model` lives on `device`."""
+    gen = torch.Generator(device=device).manual_seed(seed)
     model.eval()
-    out = [iwae_bits(model, torch.from_numpy(images[i:i + batch_size]), k, gen,
-                     posterior=_rows(proposal, i, i + batch_size)).numpy()
+    if proposal is not None:
+        proposal = (proposal[0].to(device), proposal[1].to(device))
+    out = [iwae_bits(model, torch.from_numpy(images[i:i + batch_size]).to(device), k, gen,
+                     posterior=_rows(proposal, i, i + batch_size)).cpu().numpy()
            for i in range(0, len(images), batch_size)]
     return np.concatenate(out) if out else np.zeros(0)

@@ -126,9 +126,17 @@ def study_model(ref: str, args, out_root: Path) -> list[dict]:
     # the AIGG reference: an encoder refit on the test images, until converged
     ref_fit = G.refit_encoder(base, test, until_converged=True, tol=args.refit_tol, max_epochs=args.refit_max_epochs,
                               state_dir=out / "refit-test")
-    refit_elbo = per_image(out, "refit_test_elbo", lambda: G.elbo_bits(ref_fit.model, test, args.samples))
-    base_elbo = per_image(out, "baseline_test_elbo", lambda: G.elbo_bits(base, test, args.samples))
+    dev = args.device
+
+    def elbo(model):
+        return G.elbo_bits(G.on_device(model, dev), test, args.samples, device=dev)
+
+    code_pick = G.random_subset(len(test), args.code_images, 0, G.SALT_SPLIT)
+    refit_elbo = per_image(out, "refit_test_elbo", lambda: elbo(ref_fit.model))
+    base_elbo = per_image(out, "baseline_test_elbo", lambda: elbo(base))
     aigg_base = float((base_elbo - refit_elbo).mean() / dims)
+    train_elbo_pick = G.random_subset(len(train_x), args.train_elbo_images, 0, G.SALT_TRAIN) \
+        if args.train_elbo_images else None
     rows = []
     encoders = [("baseline", None, base)]
     for variant in args.variants:
@@ -138,17 +146,27 @@ def study_model(ref: str, args, out_root: Path) -> list[dict]:
             encoders.append((variant, seed, fit.model))
     for variant, seed, model in encoders:
         name = variant if seed is None else f"{variant}-seed{seed}"
-        elbo = per_image(out, f"{name}_test_elbo", lambda: G.elbo_bits(model, test, args.samples))
-        gain, gain_se = G.paired_gap(base_elbo, elbo)
-        aigg = float((elbo - refit_elbo).mean() / dims)
-        row = {"model": ref, "variant": variant, "seed": seed, "epochs": 0 if seed is None else args.epochs,
-               "n_test_images": len(test), "test_elbo_bpd": float(elbo.mean() / dims),
-               "test_elbo_se_bpd": G.stderr(elbo) / dims, "gain_bpd": gain / dims, "gain_se_bpd": gain_se / dims,
-               "aigg_bpd": aigg, "aigg_se_bpd": G.stderr(elbo - refit_elbo) / dims,
+        mine_elbo = per_image(out, f"{name}_test_elbo", lambda: elbo(model))
+        gain, gain_se = G.paired_gap(base_elbo, mine_elbo)
+        aigg = float((mine_elbo - refit_elbo).mean() / dims)
+        state = out / f"{variant}-seed{seed}" / G.REFIT_STATE
+        epochs_run = json.loads(state.read_text())["epochs"] if seed is not None and state.is_file() else 0
+        row = {"model": ref, "variant": variant, "seed": seed, "epochs": epochs_run,
+               "n_test_images": len(test), "test_elbo_bpd": float(mine_elbo.mean() / dims),
+               "test_elbo_se_bpd": G.stderr(mine_elbo) / dims, "gain_bpd": gain / dims,
+               "gain_se_bpd": gain_se / dims, "aigg_bpd": aigg, "aigg_se_bpd": G.stderr(mine_elbo - refit_elbo) / dims,
                "aigg_removed_share": (aigg_base - aigg) / aigg_base if aigg_base else None,
-               "refit_reference_epochs": ref_fit.epochs, "refit_reference_converged": ref_fit.converged}
-        for k in args.refine:
-            c = coded_row(model, test, k, args.chains, out / "coded", f"{name}-K{k}")
+               "aigg_removed_share_se": (G.stderr(base_elbo - mine_elbo) / dims / aigg_base) if aigg_base else None,
+               "refit_reference_epochs": ref_fit.epochs, "refit_reference_converged": ref_fit.converged,
+               "n_code_images": len(code_pick)}
+        if train_elbo_pick is not None:
+            tr = per_image(out, f"{name}_train_elbo",
+                           lambda: G.elbo_bits(G.on_device(model, dev), train_x[train_elbo_pick], args.samples,
+                                               device=dev))
+            row["train_elbo_bpd"] = float(tr.mean() / dims)
+            row["train_elbo_se_bpd"] = G.stderr(tr) / dims
+        for k in (args.refine if seed is None or seed in args.code_seeds else []):
+            c = coded_row(model, test[code_pick], k, args.chains, out / "coded", f"{name}-K{k}")
             row[f"actual_k{k}_bpd"] = c["actual_bpd"]
             row[f"actual_k{k}_se_bpd"] = c["actual_se_bpd"]
             row[f"verified_k{k}"] = c["verified"]
@@ -166,7 +184,7 @@ def study_model(ref: str, args, out_root: Path) -> list[dict]:
 def summarise(rows: list[dict], refine: list[int]) -> list[dict]:
     """Mean over seeds ± SE over seeds, per (model, variant)."""
     out = []
-    keys = ["test_elbo_bpd", "gain_bpd", "aigg_bpd", "aigg_removed_share"] + [
+    keys = ["test_elbo_bpd", "train_elbo_bpd", "gain_bpd", "aigg_bpd", "aigg_removed_share"] + [
         f"actual_k{k}{x}_bpd" for k in refine for x in ("", "_gain")]
     groups: dict = {}
     for r in rows:
@@ -188,7 +206,15 @@ def main() -> None:
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--epochs", type=int, default=100)
-    ap.add_argument("--refine", nargs="+", type=int, default=[0, 2, 10])
+    ap.add_argument("--refine", nargs="*", type=int, default=[0, 2, 10])
+    ap.add_argument("--code-images", type=int, default=1000,
+                    help="real bits on a seeded random subset of this many of the test images")
+    ap.add_argument("--code-seeds", nargs="*", type=int, default=None,
+                    help="fine-tuning seeds whose encoders are coded (default: all; the baseline always)")
+    ap.add_argument("--train-elbo-images", type=int, default=10000,
+                    help="also the -ELBO of a seeded random subset of the training images (0: skip)")
+    ap.add_argument("--device", default="cpu", help="where the -ELBO passes run (cpu or cuda); coding is on the CPU")
+    ap.add_argument("--results", default="results.json", help="file name of the results under --out")
     ap.add_argument("--test-images", type=int, default=None, help="seeded random subset (default: all)")
     ap.add_argument("--train-images", type=int, default=None, help="seeded random subset of the training images")
     ap.add_argument("--refit-tol", type=float, default=1e-4)
@@ -203,6 +229,9 @@ def main() -> None:
     if args.tiny:
         args.test_images, args.train_images, args.epochs, args.seeds = 100, 200, 2, [0]
         args.refine, args.refit_max_epochs, args.samples, args.chains = [0, 2], 5, 2, 2
+        args.train_elbo_images = 100
+    if args.code_seeds is None:
+        args.code_seeds = list(args.seeds)
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     t0 = time.time()
@@ -213,8 +242,8 @@ def main() -> None:
                   "summary": summarise(rows, args.refine), "seconds": time.time() - t0,
                   "machine": {"torch": torch.__version__, "platform": platform.platform(),
                               "torch_threads": torch.get_num_threads()}}
-        write_json_atomic(out / "results.json", result)
-    print(f"wrote {out}/results.json in {time.time() - t0:.0f} s", flush=True)
+        write_json_atomic(out / args.results, result)
+    print(f"wrote {out}/{args.results} in {time.time() - t0:.0f} s", flush=True)
 
 
 if __name__ == "__main__":

@@ -87,6 +87,6 @@ class ContextVAE(VAE):
         out = self.decode(z)
         x = torch.zeros(z.shape[0], self.cfg.n_pixels, device=z.device)
         for p in range(self.n_phases):
-            sel = self.phase == p
-            x[:, sel] = self.likelihood.sample(self.phase_out(out, x, p), gen)[:, sel]
+            sel = self.phase == p        # torch.where, not x[:, sel] = ...: no host sync (CUDA graphs)
+            x = torch.where(sel, self.likelihood.sample(self.phase_out(out, x, p), gen), x)
         return x

@@ -102,7 +102,7 @@ class GaussianPixels:
 
     def sample(self, out: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
         mean, std = self._split(out)
-        return torch.round(mean + std * torch.randn(mean.shape, generator=gen)).clamp(0, 255)
+        return torch.round(mean + std * torch.randn(mean.shape, generator=gen, device=mean.device)).clamp(0, 255)
 
 
 class LogisticPixels:
@@ -172,7 +172,7 @@ class LogisticPixels:
         comp = comp.view(*logit_w.shape[:2], 1)
         m = mean.gather(-1, comp).squeeze(-1)
         s = torch.exp(log_s.gather(-1, comp).squeeze(-1))
-        u = torch.rand(m.shape, generator=gen).clamp(1e-6, 1 - 1e-6)
+        u = torch.rand(m.shape, generator=gen, device=m.device).clamp(1e-6, 1 - 1e-6)
         return torch.round(m + s * (torch.log(u) - torch.log1p(-u))).clamp(0, 255)
 
 
