@@ -221,8 +221,9 @@ def push_round(backend: Backend, msg: Message, x: np.ndarray, importance_samples
     code = RoundCode(plain, np.zeros(len(msg)), np.zeros(len(msg)))
     if plain.any():
         if cheap_start:
-            # the image's coded length; no q(z|x) was involved, so nothing counts as not got back
-            code.ideal_bits[plain] = push_cheap_plain(backend, _lanes(msg, plain), flat[plain])
+            # nothing is got back: the latent's bits (p D + log2(k + 1)) are the start cost
+            total, latent = push_cheap_plain(backend, _lanes(msg, plain), flat[plain])
+            code.ideal_bits[plain], code.neg_log2_q[plain] = total - latent, latent
         else:
             part = _push_elbo(backend, _lanes(msg, plain), flat[plain], backend.posterior_probs(flat[plain]),
                               np.ones(int(plain.sum()), bool))
@@ -256,7 +257,8 @@ def push_cheap_plain(backend: Backend, msg: Message, flat: np.ndarray) -> np.nda
     shortest: -log2 p(x|z_p) + p D bits + log2(k + 1) for p itself, z_p = the posterior mode
     rounded to 2^p equal-mass buckets (p = 0: every dimension at the prior median). The choice
     is the encoder's alone (the decoder reads p), so it may use this machine's float sums.
-    Pushes x, the coarse latent (uniform), then p; returns (lanes,) bits coded."""
+    Pushes x, the coarse latent (uniform), then p; returns (lanes,) bits coded and (lanes,) of
+    them spent on the latent (p D + log2(k + 1): the start cost, `initial_bits`)."""
     L, D, k = len(flat), backend.latent_dim, backend.buckets.bits
     mode = backend.posterior_probs(flat).argmax(-1)
     cands = np.stack([_coarse_latents(mode, k, p)[1] for p in range(k + 1)], 1)          # (L, k+1, D)
@@ -273,7 +275,7 @@ def push_cheap_plain(backend: Backend, msg: Message, flat: np.ndarray) -> np.nda
             c.encode_reverse(_coarse_latents(mode[lane], k, p)[0].astype(np.int32),
                              constriction.stream.model.Uniform(1 << p))
         c.encode_reverse(np.array([p], np.int32), pmodel)
-    return cost[np.arange(L), best] + np.log2(k + 1)
+    return cost[np.arange(L), best] + np.log2(k + 1), best * D + np.log2(k + 1)
 
 
 def pop_cheap_plain(backend: Backend, msg: Message) -> np.ndarray:
