@@ -40,24 +40,27 @@ class Codec:
     @overload
     def compress(self, images: np.ndarray, *, report: Literal[False] = ..., chains: int | None = ...,
                  latent_bits: int = ..., coder_path: str | None = ..., refine_steps: int = ...,
-                 names: Sequence[str] | None = ...) -> bytes: ...
+                 names: Sequence[str] | None = ..., importance_samples: int = ..., start: str = ...) -> bytes: ...
 
     @overload
     def compress(self, images: np.ndarray, *, report: Literal[True], chains: int | None = ...,
                  latent_bits: int = ..., coder_path: str | None = ..., refine_steps: int = ...,
-                 names: Sequence[str] | None = ...) -> tuple[bytes, dict]: ...
+                 names: Sequence[str] | None = ..., importance_samples: int = ...,
+                 start: str = ...) -> tuple[bytes, dict]: ...
 
     def compress(self, images, *, report=False, chains=None, latent_bits=DEFAULT_LATENT_BITS, coder_path=None,
-                 refine_steps=0, names=None):
+                 refine_steps=0, names=None, importance_samples=1, start="auto"):
         """(N, H, W) uint8 images -> the bytes of a .vae file. Binary models take 0/1 or 0/255.
 
         With `report=True`, returns (bytes, report): the file's sizes (`file_sizes` keys, plus the
         encoder's estimates and the model's -ELBO, which costs a second forward pass) and timing.
+        `importance_samples` K > 1 codes with the coupled K-sample (IWAE) bound; `start` is how
+        chain-start images code their latent ("auto", "plain", "cheap"; `pipeline.compress`).
         """
         data, rep = _compress(self.model, self.name, self.weights_sha256, np.asarray(images),
                               names=None if names is None else list(names), n_chains=chains,
                               latent_bits=latent_bits, with_neg_elbo=report, refine_steps=refine_steps,
-                              coder_path=coder_path)
+                              coder_path=coder_path, importance_samples=importance_samples, start=start)
         return (data, rep) if report else data
 
     def decompress(self, data: bytes) -> np.ndarray:

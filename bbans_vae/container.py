@@ -33,6 +33,18 @@ Version 2 (written; integers are unsigned LEB128 varints unless a width is given
                                the header (names included) and the payload are all covered
     payload          sum(chain_words) little-endian u32 words, chain after chain; nothing after
 
+Version 3 (written only when a file uses one of its features, so that every other file stays
+byte-identical to version 2): the version 2 layout with two more flag bits and shorter digests,
+
+      flags          bit 6: plain images use cheap starts (ans/chains.push_cheap_plain: each codes
+                     its latent at its own precision, read from the payload); bit 7: an
+                     `importance_samples` varint (2..limits.MAX_IMPORTANCE_SAMPLES) follows
+                     latent_bits (ans/importance.py: the coupled K-sample bound)
+      model_sha256   4 bytes   (enough to refuse a wrong model; found by this prefix)
+      pixels_sha256  4 bytes   (with the block checks and the CRC-32)
+
+One image in its own file: 38 header bytes in version 2, 30 in version 3.
+
 Version 1 (read only; files written before 2026-12) differs: the model is named by a string and
 16 bytes of its sha256; engine and torch version are strings; pixel kind, scale and coder path are
 bytes; one (height, width) for all images; 16 bytes of pixel sha256; the CRC covers only the
@@ -57,8 +69,9 @@ from . import limits
 from .errors import ContainerError
 
 MAGIC = b"VAEC"
-VERSION = 2
-READ_VERSIONS = (1, 2)
+VERSION = 2                      # written unless a file uses a version-3 feature
+READ_VERSIONS = (1, 2, 3)
+V3_DIGEST_BYTES = 4
 MAX_HEADER_BYTES = 1 << 20
 MAX_IMAGES = 100_000_000
 MAX_SIDE = 1 << 15
@@ -71,6 +84,8 @@ ENGINES = ("constriction 0.5.0",)   # 24-bit probabilities, 32-bit words; append
 NAMES_DEFAULT, NAMES_STEM, NAMES_EXPLICIT = 0, 1, 2
 DEFAULT_STEM = "image"
 _KNOWN_FLAGS = 0x3F
+_KNOWN_FLAGS_V3 = 0xFF
+FLAG_CHEAP_START, FLAG_IMPORTANCE = 1 << 6, 1 << 7
 
 
 @dataclass
@@ -100,6 +115,13 @@ class Header:
     block_checks: bytes = b""      # 2 bytes per block (version 2, more than one block)
     version: int = VERSION
     header_bytes: int = 0          # bytes before the payload (magic to crc), set when read
+    importance_samples: int = 1    # K of the coupled K-sample bound (version 3)
+    cheap_start: bool = False      # plain images code their latent at their own precision (version 3)
+
+    @property
+    def file_version(self) -> int:
+        """The version `pack` writes for these fields: 3 only where a version-3 feature is used."""
+        return 3 if self.importance_samples > 1 or self.cheap_start else 2
 
     @property
     def n_chains(self) -> int:
@@ -266,7 +288,7 @@ def machine_fingerprint() -> int:
 
 
 def pack(h: Header, chain_words: list[np.ndarray]) -> bytes:
-    """Version-2 container bytes for header `h` and the chains' words."""
+    """Container bytes (version `h.file_version`: 2, or 3 with its features) for header `h` and the chains' words."""
     payload = b"".join(np.asarray(w, dtype="<u4").tobytes() for w in chain_words)
     if [len(w) for w in chain_words] != list(h.chain_words):
         raise ValueError("header chain_words disagree with the chains")
@@ -281,10 +303,15 @@ def pack(h: Header, chain_words: list[np.ndarray]) -> bytes:
     exact = CODER_PATHS.index(h.coder_path)
     flags = (exact | PIXEL_KINDS.index(h.pixel_kind) << 1 | (h.binary_scale == 255) << 2
              | bool(h.refine_steps) << 3 | mode << 4)
-    parts = [_varint(flags), h.model_sha256[:8], _varint(ENGINES.index(h.engine))]
+    version = h.file_version
+    digest = V3_DIGEST_BYTES if version == 3 else 8
+    flags |= (FLAG_CHEAP_START if h.cheap_start else 0) | (FLAG_IMPORTANCE if h.importance_samples > 1 else 0)
+    parts = [_varint(flags), h.model_sha256[:digest], _varint(ENGINES.index(h.engine))]
     if not exact:
         parts.append(struct.pack("<I", h.machine if h.machine is not None else machine_fingerprint()))
     parts.append(_varint(h.latent_bits))
+    if h.importance_samples > 1:
+        parts.append(_varint(h.importance_samples))
     if h.refine_steps:
         parts += [_varint(h.refine_steps), _varint(h.refine_lr_e4)]
     runs = h.shape_runs
@@ -300,10 +327,10 @@ def pack(h: Header, chain_words: list[np.ndarray]) -> bytes:
         parts.append(_str(h.names_stem))
     elif mode == NAMES_EXPLICIT:
         parts += [_str(n) for n in h.names]
-    parts += [h.pixels_sha256[:8], h.block_checks]
+    parts += [h.pixels_sha256[:digest], h.block_checks]
     header_wo_crc = b"".join(parts)
     hlen = len(header_wo_crc) + 4
-    prefix = MAGIC + bytes([VERSION]) + _varint(hlen) + header_wo_crc
+    prefix = MAGIC + bytes([version]) + _varint(hlen) + header_wo_crc
     crc = zlib.crc32(payload, zlib.crc32(prefix))
     return prefix + struct.pack("<I", crc) + payload
 
@@ -417,8 +444,12 @@ def _explicit_names(r: _Reader, n_images: int) -> list[str]:
     return names
 
 
-def _parse_v2(r: _Reader) -> Header:
-    flags = r.varint(_KNOWN_FLAGS, "flags")
+def _parse_v2(r: _Reader, version: int = 2) -> Header:
+    """Versions 2 and 3 (3: flag bits 6-7, 4-byte digests)."""
+    flags = r.varint(_KNOWN_FLAGS_V3 if version == 3 else _KNOWN_FLAGS, "flags")
+    cheap, importance = bool(flags & FLAG_CHEAP_START), bool(flags & FLAG_IMPORTANCE)
+    flags &= _KNOWN_FLAGS
+    digest = V3_DIGEST_BYTES if version == 3 else 8
     exact, kind_i, scale_255, refine, mode = flags & 1, flags >> 1 & 1, flags >> 2 & 1, flags >> 3 & 1, flags >> 4
     if mode > NAMES_EXPLICIT:
         raise ContainerError(f"corrupt header: names mode {mode}")
@@ -426,13 +457,18 @@ def _parse_v2(r: _Reader) -> Header:
     if kind == "8bit" and scale_255:
         raise ContainerError("corrupt header: a binary scale flag on 8-bit pixels")
     scale = 0 if kind == "8bit" else (255 if scale_255 else 1)
-    model_sha = r.take(8)
+    model_sha = r.take(digest)
     engine_i = r.varint(1 << 16, "engine")
     if engine_i >= len(ENGINES):
         raise ContainerError(f"unknown ANS engine code {engine_i}; written by a newer vaecompress?")
     machine = None if exact else struct.unpack("<I", r.take(4))[0]
     latent_bits = r.varint(255, "latent bits")
+    k = r.varint(limits.MAX_IMPORTANCE_SAMPLES, "importance samples", low=2) if importance else 1
     refine_steps = r.varint(limits.MAX_REFINE_STEPS, "refine steps", low=1) if refine else 0
+    if version == 3 and not (cheap or importance):
+        raise ContainerError("corrupt header: a version-3 file that uses no version-3 feature")
+    if importance and refine:
+        raise ContainerError("corrupt header: importance samples together with refinement")
     refine_lr_e4 = r.varint(100_000, "refine step size", low=1) if refine else 0
     _common_checks(kind, scale, latent_bits, refine_steps, refine_lr_e4)
     n_runs = r.count(MAX_IMAGES, "shape run count", low=1)
@@ -457,7 +493,7 @@ def _parse_v2(r: _Reader) -> Header:
             raise ContainerError("corrupt header: the default name stem stored explicitly")
     elif mode == NAMES_EXPLICIT:
         names = _explicit_names(r, n_images)
-    pixels_sha = r.take(8)
+    pixels_sha = r.take(digest)
     checks = r.take(2 * block_count(n_images, len(chain_words), refine_steps))
     (crc,) = struct.unpack("<I", r.take(4))
     if r.pos != len(r.data):
@@ -466,7 +502,7 @@ def _parse_v2(r: _Reader) -> Header:
     return Header("", model_sha, ENGINES[engine_i], "", CODER_PATHS[exact], kind, scale, h0, w0, n_images,
                   latent_bits, refine_steps, chain_words, plain, names_stem, names, pixels_sha, crc,
                   refine_lr_e4, channels=c0, shapes=runs if len(runs) > 1 else None, machine=machine,
-                  block_checks=checks, version=2)
+                  block_checks=checks, version=version, importance_samples=k, cheap_start=cheap)
 
 
 def _parse_v1(r: _Reader) -> Header:
@@ -513,7 +549,7 @@ def parse_header(prefix: bytes) -> Header:
     if len(prefix) < start + hlen:
         raise _truncated(start + hlen - len(prefix), at_least=True)
     r = _Reader(prefix[start:start + hlen], "header")
-    h = _parse_v2(r) if version == 2 else _parse_v1(r)
+    h = _parse_v1(r) if version == 1 else _parse_v2(r, version)
     h.header_bytes = start + hlen
     return h
 

@@ -26,6 +26,7 @@ from .errors import VaeCompressError
 MAX_CHAINS = 4096
 LATENT_BITS = (4, 14)              # 2^k latent buckets per dimension, encode and decode
 MAX_REFINE_STEPS = 1000
+MAX_IMPORTANCE_SAMPLES = 64       # K of the coupled K-sample bound (ans/importance.py)
 MAX_TABLE_ENTRIES = 1 << 25        # float64 entries in one round's largest table (256 MiB)
 MAX_FILE_BYTES = 1 << 34           # a .vae file larger than this is refused before reading
 MAX_PARAMETERS = 64_000_000        # a model config declaring more is refused before building

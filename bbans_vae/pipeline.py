@@ -27,6 +27,7 @@ from .objectives import dataset_neg_elbo_bits
 ENGINE = f"constriction {constriction.__version__}" if hasattr(constriction, "__version__") else "constriction 0.5.0"
 MAX_CHAINS = limits.MAX_CHAINS
 MAX_TABLE_ENTRIES = limits.MAX_TABLE_ENTRIES
+START_MODES = ("auto", "plain", "cheap")
 
 
 def table_entries(model: VAE, n_chains: int, latent_bits: int) -> int:
@@ -132,9 +133,14 @@ def compress(model: VAE, model_name: str, model_sha256_hex: str, pixels: np.ndar
              latent_bits: int = DEFAULT_LATENT_BITS, with_neg_elbo: bool = False,
              progress: Callable[[int], None] | None = None, refine_steps: int = 0,
              refine_lr: float = DEFAULT_REFINE_LR, coder_path: str | None = None,
-             workers: int = 1) -> tuple[bytes, dict]:
+             workers: int = 1, importance_samples: int = 1, start: str = "auto") -> tuple[bytes, dict]:
     """`workers` processes code groups of chains in parallel on the exact coder path (the file is
-    the same for any number); the float32 path codes in this process."""
+    the same for any number); the float32 path codes in this process. `importance_samples` K > 1
+    codes with the coupled K-sample bound (ans/importance.py). `start`: how a chain's first images
+    (coded without bits back) code their latent: "plain" (the posterior mode at full precision),
+    "cheap" (at the precision that makes each image shortest, ans/chains.push_cheap_plain) or
+    "auto" (cheap when every chain codes one image, plain otherwise: files of several images
+    per chain stay byte-identical to earlier versions)."""
     symbols, scale = model_symbols(model, pixels)
     N = len(pixels)
     C = default_chains(N) if n_chains is None else n_chains
@@ -147,6 +153,17 @@ def compress(model: VAE, model_name: str, model_sha256_hex: str, pixels: np.ndar
         raise InputError(str(e)) from None
     if not 0 <= refine_steps <= limits.MAX_REFINE_STEPS:
         raise InputError(f"--refine-steps must be in 0..{limits.MAX_REFINE_STEPS}")
+    if not 1 <= importance_samples <= limits.MAX_IMPORTANCE_SAMPLES:
+        raise InputError(f"--importance-samples must be in 1..{limits.MAX_IMPORTANCE_SAMPLES}")
+    if importance_samples > 1 and refine_steps:
+        raise InputError("--importance-samples and --refine-steps cannot be combined")
+    if importance_samples > 1 and limits.table_entries(model.cfg, C * importance_samples, latent_bits) \
+            > limits.MAX_TABLE_ENTRIES:
+        raise InputError(f"{C} chains x {importance_samples} importance samples exceed the per-round table "
+                         "limit; use fewer chains or samples")
+    if start not in START_MODES:
+        raise InputError(f"unknown start mode {start!r}; choose {', '.join(START_MODES)}")
+    cheap_start = start == "cheap" or (start == "auto" and N <= C)
     refine_lr_e4 = int(round(refine_lr * 1e4))
     if refine_steps and not 1 <= refine_lr_e4 <= 100_000:
         raise InputError("the refinement step size must be in 0.0001..10")
@@ -163,7 +180,8 @@ def compress(model: VAE, model_name: str, model_sha256_hex: str, pixels: np.ndar
         coder_path = default_coder_path(model, refine_steps)
     backend = make_coder_backend(coder_path, model, latent_bits, refine_steps, refine_lr_e4)
     t0 = time.perf_counter()
-    enc = encode_images(model, symbols, C, latent_bits, progress, backend=backend, workers=workers)
+    enc = encode_images(model, symbols, C, latent_bits, progress, backend=backend, workers=workers,
+                        importance_samples=importance_samples, cheap_start=cheap_start)
     seconds = time.perf_counter() - t0
     header = Header(model_name=model_name, model_sha256=bytes.fromhex(model_sha256_hex)[:8], engine=ENGINE,
                     torch_version=torch.__version__, coder_path=coder_path, pixel_kind=model.cfg.pixel_kind,
@@ -174,12 +192,13 @@ def compress(model: VAE, model_name: str, model_sha256_hex: str, pixels: np.ndar
                     names=names, pixels_sha256=pixels_digest(pixels),
                     machine=machine_fingerprint() if coder_path == "float32" else None,
                     block_checks=block_digests(pixels, len(enc.chain_words), refine_steps),
-                    channels=model.cfg.channels)
+                    channels=model.cfg.channels, importance_samples=importance_samples, cheap_start=cheap_start)
     data = pack(header, enc.chain_words)
     nelbo = float(dataset_neg_elbo_bits(model, symbols).sum()) if with_neg_elbo else None
     report = sizes_of(header, enc.chain_words, 8 * len(data), initial_bits=enc.initial_bits,
                       ideal_bits=enc.ideal_bits_total, neg_elbo_bits=nelbo, channels=model.cfg.channels)
     report.update(refine_steps=refine_steps, latent_bits=latent_bits, coder_path=coder_path,
+                  importance_samples=importance_samples, cheap_start=cheap_start,
                   encode_seconds=seconds, encode_images_per_second=N / seconds if seconds > 0 else None)
     return data, report
 
@@ -243,7 +262,8 @@ def check_decodable(header: Header, model: VAE, model_sha256_hex: str, max_memor
     if max_output_bytes is not None and output_bytes > max_output_bytes:
         raise limits.LimitError(f"this file decodes to {output_bytes:,} bytes of pixels, more than "
                                 f"--max-output-bytes {max_output_bytes:,}")
-    need = limits.decode_memory_bytes(model.cfg, header.n_chains, header.latent_bits, output_bytes,
+    need = limits.decode_memory_bytes(model.cfg, header.n_chains * header.importance_samples, header.latent_bits,
+                                      output_bytes,
                                       header.header_bytes + 4 * sum(header.chain_words),
                                       exact=header.coder_path == "exact",
                                       n_parameters=sum(p.numel() for p in model.parameters()))
@@ -294,7 +314,8 @@ def decompress_parsed(header: Header, chains: list[np.ndarray], model: VAE, mode
     try:
         symbols = decode_images(model, chains, header.n_images, model.cfg.array_shape, header.plain_images,
                                 header.latent_bits, progress, backend=backend, workers=workers,
-                                on_round=_BlockChecks(header))
+                                on_round=_BlockChecks(header), importance_samples=header.importance_samples,
+                                cheap_start=header.cheap_start)
         pixels = symbols
         if header.pixel_kind == "binary":
             pixels *= np.uint8(header.binary_scale)                  # in place: no second image array

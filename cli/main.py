@@ -358,6 +358,13 @@ def _load_for_coding(model_ref: str):
                    "tables, so the file decodes on any machine (other CPU, BLAS, threads). float32: this "
                    "machine's float kernels; decode on the same configuration.  [default: exact; float32 with "
                    "--refine-steps, which needs it]")
+@click.option("--importance-samples", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Code with the importance-weighted bound of K coupled latent samples instead of the ELBO "
+                   "(multi-sample bits-back, BB-IS): a few %% smaller, ~K times slower; decode needs no flag.")
+@click.option("--start", type=click.Choice(["auto", "plain", "cheap"]), default="auto", show_default=True,
+              help="How a chain's first images (no bits to take back) code their latent: plain (posterior mode, "
+                   "full precision), cheap (the precision that makes each image shortest), auto (cheap when every "
+                   "chain codes one image, e.g. a single-image file).")
 @click.option("--force", "-f", is_flag=True, help="Overwrite OUTPUT if it exists.")
 @click.option("--json", "as_json", is_flag=True, help="Print the coding report as JSON.")
 @click.option("--elbo/--no-elbo", default=False, show_default=True,
@@ -365,8 +372,8 @@ def _load_for_coding(model_ref: str):
                    "encode time for context models); off by default, so plain encoding pays nothing for it.")
 @workers_option
 @quiet_option
-def encode(inputs, output, model_ref, chains, latent_bits, refine_steps, coder_path, force, as_json, elbo, workers,
-           quiet):
+def encode(inputs, output, model_ref, chains, latent_bits, refine_steps, importance_samples, start, coder_path, force,
+           as_json, elbo, workers, quiet):
     """Compress images losslessly into one .vae file.
 
     INPUT: PNG files (gray or RGB), folders of PNGs (sorted by name), .npy arrays (N,H,W) or
@@ -395,7 +402,8 @@ def encode(inputs, output, model_ref, chains, latent_bits, refine_steps, coder_p
                                 names=None if indexed else images.names, names_stem=stem or "image",
                                 n_chains=chains, latent_bits=latent_bits, progress=bar.update,
                                 refine_steps=refine_steps, coder_path=coder_path, with_neg_elbo=elbo,
-                                workers=default_workers(workers))
+                                workers=default_workers(workers), importance_samples=importance_samples,
+                                start=start)
     write_file_atomic(out, data, force=force)
     report = {"output": str(out), "model": model_ref, "bytes": len(data), **report}
     if as_json:
@@ -532,6 +540,7 @@ def info(input_file, as_json):
            "coder_path": h.coder_path, "pixel_kind": h.pixel_kind,
            "binary_scale": h.binary_scale, "height": h.height, "width": h.width,
            "channels": h.channels, "dtype": "uint8", "latent_bits": h.latent_bits, "refine_steps": h.refine_steps,
+           "importance_samples": h.importance_samples, "cheap_start": h.cheap_start,
            **sizes_of(h, chains, 8 * size), "pixels_sha256_prefix": h.pixels_sha256.hex()}
     del chains
     if res["model"] is None:   # version 2 stores only the hash: named when a bundled/$VAECOMPRESS_MODELS model has it

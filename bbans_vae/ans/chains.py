@@ -39,6 +39,7 @@ from ..models.likelihoods import table_log2_prob
 from .backends import Backend, FloatBackend
 from .codecs import (AnsCoder, Bernoulli, BitsBack, Categorical, Codec, Message, QuantizedGaussian, Uniform,
                      bits_back)
+from . import importance
 from .workers import run_jobs, shared_array
 
 PIXEL_CODECS = {"bernoulli": Bernoulli, "categorical": Categorical, "quantized_gaussian": QuantizedGaussian}
@@ -200,15 +201,122 @@ class RoundCode:
     neg_log2_q: np.ndarray                  # (lanes,) -log2 q(z|x): bits a plain lane does not get back
 
 
-def push_round(backend: Backend, msg: Message, x: np.ndarray) -> RoundCode:
-    """Push one image per lane, x (lanes, H, W) uint8, with bits back where the lane can pay."""
+def push_round(backend: Backend, msg: Message, x: np.ndarray, importance_samples: int = 1,
+               cheap_start: bool = False) -> RoundCode:
+    """Push one image per lane, x (lanes, H, W) uint8, with bits back where the lane can pay.
+
+    importance_samples K > 1: lanes holding enough bits for a coupled round are coded with the
+    K-sample bound (`importance.py`). cheap_start: plain lanes code their latent at the precision
+    that makes them shortest (`push_cheap_plain`). With either, plain and bits-back lanes are
+    coded in separate network batches (the decoder knows them from the plain list); with neither,
+    this is the original single-sample BB-ANS round (one batch, the golden files)."""
     flat = x.reshape(len(x), -1)
-    probs = backend.posterior_probs(flat)
-    plain = starved_lanes(msg, probs, 24 * backend.latent_dim + 64)
+    if importance_samples == 1:
+        probs = backend.posterior_probs(flat)
+        plain = starved_lanes(msg, probs, 24 * backend.latent_dim + 64)
+        if not cheap_start:
+            return _push_elbo(backend, msg, flat, probs, plain)
+    else:
+        plain = np.array([c.num_valid_bits() < importance.safe_bits(backend.latent_dim) for c in msg], bool)
+    code = RoundCode(plain, np.zeros(len(msg)), np.zeros(len(msg)))
+    if plain.any():
+        if cheap_start:
+            # nothing is got back: the latent's bits (p D + log2(k + 1)) are the start cost
+            total, latent = push_cheap_plain(backend, _lanes(msg, plain), flat[plain])
+            code.ideal_bits[plain], code.neg_log2_q[plain] = total - latent, latent
+        else:
+            part = _push_elbo(backend, _lanes(msg, plain), flat[plain], backend.posterior_probs(flat[plain]),
+                              np.ones(int(plain.sum()), bool))
+            code.ideal_bits[plain], code.neg_log2_q[plain] = part.ideal_bits, part.neg_log2_q
+    if not plain.all():
+        rest = flat[~plain]
+        probs = backend.posterior_probs(rest)
+        if importance_samples == 1:
+            code.ideal_bits[~plain] = _push_elbo(backend, _lanes(msg, ~plain), rest, probs,
+                                                 np.zeros(len(rest), bool)).ideal_bits
+        else:
+            code.ideal_bits[~plain] = importance.push_lanes(backend, pixel_codec, _lanes(msg, ~plain), rest, probs,
+                                                            importance_samples)
+    return code
+
+
+# ----------------------------------------------------------------------------- cheap chain starts
+
+
+def _coarse_latents(z_fine: np.ndarray, latent_bits: int, precision: int) -> tuple[np.ndarray, np.ndarray]:
+    """(coarse indices at `precision` bits, the fine bucket the decoder sees): coarse bucket c of
+    2^precision equal-mass buckets is fine buckets [c 2^s, (c+1) 2^s), s = latent_bits - precision;
+    its representative is the middle fine bucket c 2^s + 2^(s-1) (the mode itself when s = 0)."""
+    s = latent_bits - precision
+    coarse = z_fine >> s
+    return coarse, (coarse << s) + ((1 << s) >> 1)
+
+
+def push_cheap_plain(backend: Backend, msg: Message, flat: np.ndarray) -> np.ndarray:
+    """Code plain lanes (no bits to take back) with the latent precision p in 0..k that makes each
+    shortest: -log2 p(x|z_p) + p D bits + log2(k + 1) for p itself, z_p = the posterior mode
+    rounded to 2^p equal-mass buckets (p = 0: every dimension at the prior median). The choice
+    is the encoder's alone (the decoder reads p), so it may use this machine's float sums.
+    Pushes x, the coarse latent (uniform), then p; returns (lanes,) bits coded and (lanes,) of
+    them spent on the latent (p D + log2(k + 1): the start cost, `initial_bits`)."""
+    L, D, k = len(flat), backend.latent_dim, backend.buckets.bits
+    mode = backend.posterior_probs(flat).argmax(-1)
+    cands = np.stack([_coarse_latents(mode, k, p)[1] for p in range(k + 1)], 1)          # (L, k+1, D)
+    x_rep = np.repeat(flat, k + 1, axis=0)
+    params = pixel_codec(backend, cands.reshape(-1, D), x_rep).params
+    cost = -backend.pixel_log2_prob(params, x_rep).reshape(L, k + 1) + np.arange(k + 1) * D
+    best = cost.argmin(-1)
+    z = cands[np.arange(L), best]
+    pixel_codec(backend, z, flat).push(msg, flat)
+    pmodel = constriction.stream.model.Uniform(k + 1)
+    for lane, c in enumerate(msg):
+        p = int(best[lane])
+        if p:
+            c.encode_reverse(_coarse_latents(mode[lane], k, p)[0].astype(np.int32),
+                             constriction.stream.model.Uniform(1 << p))
+        c.encode_reverse(np.array([p], np.int32), pmodel)
+    return cost[np.arange(L), best] + np.log2(k + 1), best * D + np.log2(k + 1)
+
+
+def pop_cheap_plain(backend: Backend, msg: Message) -> np.ndarray:
+    """Inverse of `push_cheap_plain`: (lanes, P) pixel symbols."""
+    D, k = backend.latent_dim, backend.buckets.bits
+    pmodel = constriction.stream.model.Uniform(k + 1)
+    z = np.zeros((len(msg), D), np.int64)
+    for lane, c in enumerate(msg):
+        p = int(c.decode(pmodel, 1)[0])
+        coarse = c.decode(constriction.stream.model.Uniform(1 << p), D).astype(np.int64) if p else np.zeros(D, np.int64)
+        s = k - p
+        z[lane] = (coarse << s) + ((1 << s) >> 1)
+    return pixel_codec(backend, z).pop(msg)[1]
+
+
+def _lanes(msg: Message, sel: np.ndarray) -> Message:
+    return [c for c, s in zip(msg, sel) if s]
+
+
+def _push_elbo(backend: Backend, msg: Message, flat: np.ndarray, probs: np.ndarray, plain: np.ndarray) -> RoundCode:
     msg, drawn = round_codec(backend, plain, flat, probs).push_drawn(msg, flat)
     neg_log_px = -backend.pixel_log2_prob(drawn.likelihood.params, flat)
     neg_log_q = -table_log2_prob(probs, drawn.z)
     return RoundCode(plain, neg_log_px + backend.buckets.bits * backend.latent_dim - neg_log_q, neg_log_q)
+
+
+def pop_round(backend: Backend, msg: Message, plain: np.ndarray, n_pixels: int,
+              importance_samples: int = 1, cheap_start: bool = False) -> np.ndarray:
+    """Inverse of `push_round` given which lanes were plain: (lanes, P) pixel symbols."""
+    if importance_samples == 1 and not cheap_start:
+        return round_codec(backend, plain).pop(msg)[1]
+    x = np.zeros((len(msg), n_pixels), np.uint8)
+    if not plain.all():
+        rest = _lanes(msg, ~plain)
+        x[~plain] = (round_codec(backend, np.zeros(len(rest), bool)).pop(rest)[1] if importance_samples == 1 else
+                     importance.pop_lanes(backend, pixel_codec, rest, importance_samples))
+    if plain.any():
+        first = _lanes(msg, plain)
+        x[plain] = (pop_cheap_plain(backend, first) if cheap_start else
+                    round_codec(backend, np.ones(len(first), bool)).pop(first)[1])
+    return x
 
 
 # ----------------------------------------------------------------------------- many images
@@ -230,12 +338,14 @@ def _group_rounds(layout: ChainLayout, c0: int, c1: int) -> Iterator[tuple[int, 
 
 
 def _encode_group(backend: Backend, images: np.ndarray, layout: ChainLayout, c0: int, c1: int,
-                  progress: Callable[[int], None]) -> tuple:
+                  progress: Callable[[int], None], importance_samples: int = 1,
+                  cheap_start: bool = False) -> tuple:
     chains = [AnsCoder() for _ in range(c1 - c0)]
     ideal, plain_idx, plain_q = [], [], []
     with single_thread():
         for _, idx in _group_rounds(layout, c0, c1):
-            code = push_round(backend, chains[:len(idx)], np.ascontiguousarray(images[idx]))
+            code = push_round(backend, chains[:len(idx)], np.ascontiguousarray(images[idx]), importance_samples,
+                              cheap_start)
             ideal.append(code.ideal_bits)
             plain_idx.append(idx[code.plain])
             plain_q.append(code.neg_log2_q[code.plain])
@@ -247,19 +357,23 @@ def _encode_group(backend: Backend, images: np.ndarray, layout: ChainLayout, c0:
 
 def encode_images(model: VAE, images: np.ndarray, n_chains: int, latent_bits: int = DEFAULT_LATENT_BITS,
                   progress: Callable[[int], None] | None = None, backend: Backend | None = None,
-                  workers: int = 1) -> Encoded:
+                  workers: int = 1, importance_samples: int = 1, cheap_start: bool = False) -> Encoded:
     """Code (N, H, W) uint8 pixels ({0,1} for binary models, 0..255 for 8-bit) into C chains.
 
     `backend` (default FloatBackend(model, latent_bits)) supplies the distributions. With
     `workers` > 1 and a batch-invariant backend (the exact path), groups of chains are coded in
     parallel processes: every chain's words, hence the file, are the same for any worker count.
+    `importance_samples` K > 1 codes with the coupled K-sample bound (`importance.py`); `cheap_start`
+    codes plain images with the latent precision that makes them shortest (`push_cheap_plain`).
     """
     N = images.shape[0]
     layout = ChainLayout(N, max(1, min(n_chains, N)))
     backend = backend if backend is not None else FloatBackend(model, latent_bits)
     model.eval()
     groups = chain_groups(layout.n_chains, workers if backend.batch_invariant else 1)
-    parts = run_jobs([functools.partial(_encode_group, backend, images, layout, c0, c1) for c0, c1 in groups],
+    parts = run_jobs([functools.partial(_encode_group, backend, images, layout, c0, c1,
+                                        importance_samples=importance_samples, cheap_start=cheap_start)
+                      for c0, c1 in groups],
                      progress)
     ideal = np.zeros(N)
     for (c0, c1), part in zip(groups, parts):
@@ -282,7 +396,8 @@ def encode_images(model: VAE, images: np.ndarray, n_chains: int, latent_bits: in
 
 
 def _decode_group(backend: Backend, chain_words: list[np.ndarray], layout: ChainLayout, plain_images: np.ndarray,
-                  out: np.ndarray, c0: int, c1: int, progress: Callable[[int], None], hook=None) -> None:
+                  out: np.ndarray, c0: int, c1: int, progress: Callable[[int], None], hook=None,
+                  importance_samples: int = 1, cheap_start: bool = False) -> None:
     try:
         chains = [AnsCoder(np.asarray(w, dtype=np.uint32)) for w in chain_words[c0:c1]]
     except Exception as e:  # constriction rejects e.g. a zero last word
@@ -292,7 +407,8 @@ def _decode_group(backend: Backend, chain_words: list[np.ndarray], layout: Chain
             msg = chains[:len(idx)]
             if any(c.is_empty() for c in msg):
                 raise ContainerError("corrupt payload: a chain ran out of data before its first image")
-            msg, x = round_codec(backend, np.isin(idx, plain_images)).pop(msg)
+            x = pop_round(backend, msg, np.isin(idx, plain_images), int(np.prod(out.shape[1:])), importance_samples,
+                          cheap_start)
             out[idx] = x.reshape(len(idx), *out.shape[1:])
             if hook is not None:
                 hook(idx, out[idx])
@@ -328,7 +444,8 @@ class _CompleteRounds:
 def decode_images(model: VAE, chain_words: list[np.ndarray], n_images: int, image_shape: tuple,
                   plain_images: list[int], latent_bits: int = DEFAULT_LATENT_BITS,
                   progress: Callable[[int], None] | None = None, backend: Backend | None = None,
-                  workers: int = 1, on_round: Callable[[np.ndarray, np.ndarray], None] | None = None) -> np.ndarray:
+                  workers: int = 1, on_round: Callable[[np.ndarray, np.ndarray], None] | None = None,
+                  importance_samples: int = 1, cheap_start: bool = False) -> np.ndarray:
     """Inverse of `encode_images`: (N, H, W) uint8 symbols. Every chain must end empty.
 
     A chain that runs dry before its first image or holds bits after it raises ContainerError.
@@ -345,7 +462,9 @@ def decode_images(model: VAE, chain_words: list[np.ndarray], n_images: int, imag
     out = (shared_array if len(groups) > 1 else np.zeros)((n_images, *image_shape), np.uint8)
     plain = np.unique(np.asarray(plain_images, dtype=np.int64))
     jobs = [functools.partial(_decode_group, backend, chain_words, layout, plain, out, c0, c1,
-                              hook=on_round if len(groups) == 1 else None) for c0, c1 in groups]
+                              hook=on_round if len(groups) == 1 else None, importance_samples=importance_samples,
+                              cheap_start=cheap_start)
+            for c0, c1 in groups]
     # with several groups a round spans every group's chains: this process reassembles whole rounds
     # from the groups' progress (their pixels are in the shared `out`) and calls on_round on them
     merged = _CompleteRounds(layout, groups, out, on_round) if on_round is not None and len(groups) > 1 else None

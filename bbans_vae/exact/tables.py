@@ -20,6 +20,8 @@ TABLE_SPECS = {
     "softplus": (-32.0, 8, 64 * 256, "log(1 + e^x), x in [-32, 32]"),
     "sigmoid_neg": (0.0, 8, 32 * 256, "1 / (1 + e^x), x in [0, 32]"),
     "exp": (-40.0, 9, 46 * 512, "e^x, x in [-40, 6]"),
+    "log2_1p": (0.0, 10, 1024, "log2(1 + x), x in [0, 1] (importance weights, ans/importance.py)"),
+    "exp2_neg": (0.0, 10, 1024, "2^-x, x in [0, 1] (importance weights, ans/importance.py)"),
 }
 TABLE_SHA256 = {
     "normal_tail": "85009cb47687d5085615bd09c4f795c84b45d95ebc1f253b668e3bc3c0367726",
@@ -27,6 +29,8 @@ TABLE_SHA256 = {
     "softplus": "d663d5c9974d0d56017b19890f767ab155c5e6961b7420a55fcb16d3555bb880",
     "sigmoid_neg": "d86088bf7086fcc62be0850af67da744d314aaae51da1f0a7acbdd369c8c59ac",
     "exp": "cb4382b27ce87cae89ca43500a9f443670e5f144aafc74ca4055784b18518008",
+    "log2_1p": "735db492158e4d3755914b73d37b9ed2131bb6b083943ff2a40eb817d910f790",
+    "exp2_neg": "bb00ceff79626ba2cd59a1ee600a82ca5acc5d460e74c8ec0d1a3eff0232d990",
 }
 
 
@@ -56,6 +60,10 @@ def table_value(name: str, j: int, prec: int = 120) -> float:
             v = 1 / (1 + mpmath.exp(x))
         elif name == "exp":
             v = mpmath.exp(x)
+        elif name == "log2_1p":
+            v = mpmath.log(1 + x, 2)
+        elif name == "exp2_neg":
+            v = mpmath.power(2, -x)
         else:
             raise KeyError(name)
         return float(v)
