@@ -35,6 +35,12 @@ def _on_signal(owner: int, signum, frame):
     raise Terminated(signum)
 
 
+def _rank_prefix() -> str:
+    """"rank N: " in a torchrun process other than rank 0 (each rank reports its own errors)."""
+    rank = os.environ.get("RANK", "0")
+    return f"rank {rank}: " if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1 and rank != "0" else ""
+
+
 class App(click.Group):
     """Turns user errors into one line on stderr and exit code 1; --debug shows tracebacks.
     SIGTERM and SIGHUP end the command like Ctrl-C (cleanup, one line, exit 128 + signal)."""
@@ -58,7 +64,7 @@ class App(click.Group):
         except VaeCompressError as e:
             if ctx.obj and ctx.obj.get("debug"):
                 raise
-            click.echo(f"vaecompress: error: {e}", err=True)
+            click.echo(f"vaecompress: error: {_rank_prefix()}{e}", err=True)
             ctx.exit(1)
         except Terminated as e:
             click.echo(f"vaecompress: error: terminated by {signal.Signals(e.signum).name}; "
@@ -99,6 +105,16 @@ def progress_bar(total: int, desc: str, quiet: bool):
     return tqdm(total=total, desc=desc, unit="img", disable=disable, leave=False, file=sys.stderr)
 
 
+def team_progress_bar(total: int, desc: str, quiet: bool, team):
+    """`progress_bar`; under torchrun only rank 0 shows one, counting the images it codes itself
+    (no total: the other ranks' progress is not sent to it)."""
+    if team is None:
+        return progress_bar(total, desc, quiet)
+    bar = progress_bar(total, f"{desc} (rank 0 of {team.size})", quiet or not team.is_root)
+    bar.total = None
+    return bar
+
+
 def git_revision() -> str | None:
     try:
         here = Path(__file__).resolve().parent.parent
@@ -136,9 +152,16 @@ workers_option = click.option(
          "any number). Default: this machine's cores (at most one per chain).")
 
 
-def default_workers(workers: int | None) -> int:
+def default_workers(workers: int | None, team=None) -> int:
+    """--workers, else this machine's cores (shared by the torchrun ranks on this machine)."""
     from bbans_vae.ans.workers import available_cores
-    return workers or available_cores()
+    return workers or max(1, available_cores() // (team.local_size if team is not None else 1))
+
+
+def torchrun_team(device: str = "cpu"):
+    """This process's place under torchrun (`bbans_vae.distributed.Team`), or None."""
+    from bbans_vae.distributed import from_env
+    return from_env(device)
 
 
 # ----------------------------------------------------------------------------- train
@@ -194,6 +217,11 @@ def train(dataset, test_path, holdout, pixels, arch, epochs, run_dir, batch_size
     Re-running the same command on the same RUN_DIR resumes where it stopped.
     On CPU, training runs on --threads torch threads (default 1: the batches are small, and on
     shared cores more threads cost far more than they gain).
+
+    Under torchrun (e.g. `torchrun --standalone --nproc_per_node 2 -m vaecompress_cli.main train
+    ...`) it trains data-parallel: each batch split over the processes (gloo on CPU, NCCL on CUDA,
+    one GPU each), same run directory, checkpoints and resume; rank 0 writes. The README has the
+    several-machine command.
     """
     from tqdm import tqdm
     from bbans_vae.data import DATASETS, open_dataset
@@ -214,7 +242,12 @@ def train(dataset, test_path, holdout, pixels, arch, epochs, run_dir, batch_size
     if cfg.pixel_kind != spec.pixel_kind:
         raise VaeCompressError(f"preset {arch} codes {cfg.pixel_kind} pixels; dataset {dataset} is {spec.pixel_kind}"
                                + ("" if spec.record is None else " (see --pixels)"))
+    from bbans_vae.distributed import joined
     dev = pick_device(device)
+    team = torchrun_team(dev)
+    if team is not None and dev == "cuda":
+        dev = team.device                   # one GPU per process: cuda:LOCAL_RANK
+    root = team is None or team.is_root
     args = TrainArgs(dataset=spec.name, model=cfg.to_dict(), epochs=epochs, batch_size=batch_size, lr=lr,
                      seed=seed, train_size=train_size, save_every=save_every, data_dir=data_dir,
                      init=init_ref, objective=objective, data=spec.record)
@@ -224,8 +257,9 @@ def train(dataset, test_path, holdout, pixels, arch, epochs, run_dir, batch_size
     if threads is not None:
         torch.set_num_threads(threads)
     meta = {"command": command_line(), "git_revision": git_revision(), "preset": arch,
-            "hardware": f"{dev}, {os.cpu_count()} cpus, {torch.get_num_threads()} torch threads, torch {torch.__version__}"}
-    bar = tqdm(total=epochs, desc="epochs", disable=quiet or not sys.stderr.isatty(), file=sys.stderr)
+            "hardware": f"{dev}, {os.cpu_count()} cpus, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
+                        + (f", {team.size} processes (torchrun)" if team is not None else "")}
+    bar = tqdm(total=epochs, desc="epochs", disable=quiet or not root or not sys.stderr.isatty(), file=sys.stderr)
     t0 = time.time()
 
     def on_epoch(rec):
@@ -235,8 +269,11 @@ def train(dataset, test_path, holdout, pixels, arch, epochs, run_dir, batch_size
             bar.write(f"epoch {rec['epoch']}: train {rec['train_loss_bpd']:.4f} bpd, "
                       f"test -ELBO {rec['test_neg_elbo_bpd']:.4f} bpd", file=sys.stderr)
 
-    last = run_training(Path(run_dir), args, device=dev, meta=meta, on_epoch=on_epoch, dataset=spec)
+    with joined(team):
+        last = run_training(Path(run_dir), args, device=dev, meta=meta, on_epoch=on_epoch, dataset=spec, team=team)
     bar.close()
+    if not root:
+        return
     click.echo(f"trained {arch} on {dataset} in {time.time() - t0:.0f} s; checkpoint: {last}")
 
 
@@ -380,22 +417,28 @@ def encode(inputs, output, model_ref, chains, latent_bits, refine_steps, coder_p
       vaecompress encode t10k-images-idx3-ubyte.gz -o mnist-test.vae --model mnist --json
     """
     from .io import check_output_file, read_inputs, write_file_atomic
+    from bbans_vae.distributed import joined, root_first
     from bbans_vae.pipeline import compress, default_model_name
 
     out = Path(output)
-    check_output_file(out, force)          # before the work: exists, not a regular file, not writable
-    images = read_inputs([Path(p) for p in inputs])
-    if model_ref is None:
-        model_ref = default_model_name(images.pixels)
-    model, config = _load_for_coding(model_ref)
-    indexed = all(n == f"{images.names[0].rsplit('_', 1)[0]}_{i:05d}" for i, n in enumerate(images.names))
-    stem = images.names[0].rsplit("_", 1)[0] if indexed else None
-    with progress_bar(len(images.pixels), "encode", quiet) as bar:
-        data, report = compress(model, model_ref, config["weights_sha256"], images.pixels,
-                                names=None if indexed else images.names, names_stem=stem or "image",
-                                n_chains=chains, latent_bits=latent_bits, progress=bar.update,
-                                refine_steps=refine_steps, coder_path=coder_path, with_neg_elbo=elbo,
-                                workers=default_workers(workers))
+    team = torchrun_team()                 # under torchrun: ranks code chain groups, rank 0 writes
+    with joined(team):
+        # before the work: exists, not a regular file, not writable
+        root_first(team, lambda: check_output_file(out, force))
+        images = read_inputs([Path(p) for p in inputs])
+        if model_ref is None:
+            model_ref = default_model_name(images.pixels)
+        model, config = _load_for_coding(model_ref)
+        indexed = all(n == f"{images.names[0].rsplit('_', 1)[0]}_{i:05d}" for i, n in enumerate(images.names))
+        stem = images.names[0].rsplit("_", 1)[0] if indexed else None
+        with team_progress_bar(len(images.pixels), "encode", quiet, team) as bar:
+            data, report = compress(model, model_ref, config["weights_sha256"], images.pixels,
+                                    names=None if indexed else images.names, names_stem=stem or "image",
+                                    n_chains=chains, latent_bits=latent_bits, progress=bar.update,
+                                    refine_steps=refine_steps, coder_path=coder_path, with_neg_elbo=elbo,
+                                    workers=default_workers(workers, team), team=team)
+    if data is None:                       # a torchrun rank other than 0: rank 0 writes and reports
+        return
     write_file_atomic(out, data, force=force)
     report = {"output": str(out), "model": model_ref, "bytes": len(data), **report}
     if as_json:
@@ -454,25 +497,36 @@ def decode(input_file, output, fmt, model_ref, force, max_memory, max_output, tr
     from bbans_vae.container import read_file
     from bbans_vae.limits import LimitError, default_max_memory
 
+    from bbans_vae.distributed import joined, root_first
+
     out = Path(output)
     cap = max_memory if max_memory is not None else default_max_memory()
-    header, chains = read_file(Path(input_file), max_bytes=cap)
-    names = header.image_names()
-    check_output_dir(out, output_files(names, fmt), force)        # before the work
-    disk = shutil.disk_usage(out if out.is_dir() else _existing_parent(out)).free
-    if header.output_bytes > disk:
-        raise LimitError(f"this file decodes to {header.output_bytes:,} bytes of pixels; {out} has {disk:,} bytes free")
-    if model_ref is not None:
-        model, config = _load_for_coding(model_ref)
-    else:
-        model, config = load_checkpoint(locate_model(header.model_name, header.model_sha256))
-    check_decodable(header, model, config["weights_sha256"], cap, max_output, trust_v1)
-    with progress_bar(header.n_images, "decode", quiet) as bar:
-        pixels, header, report = decompress_parsed(header, chains, model, config["weights_sha256"],
-                                                   progress=bar.update, max_memory=cap,
-                                                   workers=default_workers(workers),
-                                                   max_output_bytes=max_output, trust_v1=trust_v1)
+    team = torchrun_team()                 # under torchrun: ranks decode chain groups, rank 0 writes
+    with joined(team):
+        header, chains = read_file(Path(input_file), max_bytes=cap)
+        names = header.image_names()
+
+        def check_output():                # before the work
+            check_output_dir(out, output_files(names, fmt), force)
+            disk = shutil.disk_usage(out if out.is_dir() else _existing_parent(out)).free
+            if header.output_bytes > disk:
+                raise LimitError(f"this file decodes to {header.output_bytes:,} bytes of pixels; "
+                                 f"{out} has {disk:,} bytes free")
+
+        root_first(team, check_output)
+        if model_ref is not None:
+            model, config = _load_for_coding(model_ref)
+        else:
+            model, config = load_checkpoint(locate_model(header.model_name, header.model_sha256))
+        check_decodable(header, model, config["weights_sha256"], cap, max_output, trust_v1)
+        with team_progress_bar(header.n_images, "decode", quiet, team) as bar:
+            pixels, header, report = decompress_parsed(header, chains, model, config["weights_sha256"],
+                                                       progress=bar.update, max_memory=cap,
+                                                       workers=default_workers(workers, team),
+                                                       max_output_bytes=max_output, trust_v1=trust_v1, team=team)
     del chains
+    if pixels is None:                     # a torchrun rank other than 0: rank 0 writes and reports
+        return
     write_outputs(pixels, names, out, fmt, force)
     if as_json:
         echo_json({"input": str(input_file), "output": str(out), **report})
