@@ -810,10 +810,14 @@ def gaps(run_dir, refit_epochs, refit_until_converged, refit_tol, refit_max_epoc
 @click.option("--refine-steps", "refine_steps", multiple=True, type=click.IntRange(1, 1000),
               help="Also code each full set in one file with K steps of posterior refinement (protocol "
                    "`all+refineK`; repeatable). Slow: about 25x the plain encode time at K=10 on a ctx model.")
+@click.option("--workers", "-j", type=click.IntRange(1, 1024), default=None,
+              help="Processes coding the BB-ANS files: one file's chain groups, or several files at once "
+                   "(sizes and verdicts are the same for any number; speeds stay per file). "
+                   "Default: this machine's cores.")
 @data_dir_option
 @quiet_option
 def bench(datasets, pixels, model_refs, limit, out_dir, json_out, no_classical, quick, chains_list, jxl_effort,
-          single_images, refine_steps, data_dir, quiet):
+          single_images, refine_steps, workers, data_dir, quiet):
     """Benchmark BB-ANS against classical lossless codecs on the same test images; print the
     headline table (our best bpd vs the best classical codec per dataset).
 
@@ -856,7 +860,8 @@ def bench(datasets, pixels, model_refs, limit, out_dir, json_out, no_classical, 
     res = B.run_bench(s.datasets, list(model_refs) if model_refs else None, limit=s.limit,
                       chains_list=s.chains_list, classical=not no_classical, effort=s.jxl_effort, progress=on_progress,
                       single_images=s.single_images, data_dir=data_dir, command=command_line(),
-                      refine_steps=refine_steps, pixels=None if pixels == "auto" else pixels)
+                      refine_steps=refine_steps, pixels=None if pixels == "auto" else pixels,
+                      workers=default_workers(workers))
     bar.close()
     click.echo(format_headline(res))
     if out_dir:
