@@ -98,7 +98,7 @@ def main(ctx, debug):
     ctx.obj["debug"] = debug
 
 
-def progress_bar(total: int, desc: str, quiet: bool):
+def progress_bar(total: int | None, desc: str, quiet: bool):
     """A tqdm bar on a terminal, a no-op otherwise (or with --quiet)."""
     from tqdm import tqdm
     disable = quiet or not sys.stderr.isatty()
@@ -296,10 +296,13 @@ def train(dataset, test_path, holdout, pixels, arch, epochs, run_dir, batch_size
 @click.option("--samples", type=click.IntRange(1), default=1, show_default=True, help="MC samples for the -ELBO reconstruction term.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--workers", "-j", type=click.IntRange(1, 1024), default=None,
+              help="Processes sharing the chunks of 1,000 images (each chunk seeded on its own, one torch "
+                   "thread each: the numbers are the same for any number). Default: this machine's cores.")
 @data_dir_option
 @quiet_option
-def eval_cmd(model_ref, dataset, test_path, holdout, pixels, split, limit, iwae_k, samples, seed, as_json, data_dir,
-             quiet):
+def eval_cmd(model_ref, dataset, test_path, holdout, pixels, split, limit, iwae_k, samples, seed, as_json, workers,
+             data_dir, quiet):
     """Negative ELBO (and IWAE) of MODEL on a dataset split, in bits per dimension.
 
     \b
@@ -320,7 +323,9 @@ def eval_cmd(model_ref, dataset, test_path, holdout, pixels, split, limit, iwae_
                           seed=seed, data_root=data_dir)
     split = split or ds.eval_split
     dataset = ds.name
-    res = evaluate(model, ds, split, limit=limit, iwae_k=iwae_k, n_samples=samples, seed=seed)
+    with progress_bar(None, "eval", quiet) as bar:
+        res = evaluate(model, ds, split, limit=limit, iwae_k=iwae_k, n_samples=samples, seed=seed,
+                       workers=default_workers(workers), progress=bar.update)
     res = {"model": model_ref, "checkpoint": str(path), **res}
     if as_json:
         echo_json(res)
