@@ -677,11 +677,15 @@ def demo(limit, chains, as_json, quiet):
 @click.option("--epochs", "epochs", default=None, help="Only these checkpoint epochs, e.g. 10,50,100.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--threads", type=click.IntRange(1), default=1, show_default=True, help="torch CPU threads.")
+@click.option("--workers", "-j", type=click.IntRange(1, 1024), default=None,
+              help="Processes measuring checkpoints at the same time (each stores its checkpoints' results, "
+                   "which are then read back: the same numbers as one process). Needs the store (not with "
+                   "--no-store).  [default: this machine's cores, at most one per checkpoint]")
 @data_dir_option
 @quiet_option
 def gaps(run_dir, refit_epochs, refit_until_converged, refit_tol, refit_max_epochs, json_out, csv_out, plot_out,
          quick, iwae_k, local_steps, test_images, train_eval_size, split_at, split_images, samples, chains,
-         latent_bits, coder_path, no_bitstreams, no_store, epochs, seed, threads, data_dir, quiet):
+         latent_bits, coder_path, no_bitstreams, no_store, epochs, seed, threads, workers, data_dir, quiet):
     """Generalization gaps (EGG = AIGG + GMGG) at every checkpoint of a training run, as -ELBO
     estimates and as sizes of real bitstreams, in bits per dimension, ± standard errors.
 
@@ -767,6 +771,8 @@ def gaps(run_dir, refit_epochs, refit_until_converged, refit_tol, refit_max_epoc
             header_done.append(True)
         bar.write(R.row(rec) + ("  (stored)" if rec.get("from_store") else ""))
 
+    if not no_store and default_workers(workers) > 1:
+        _gaps_in_workers(rd, cfg, data_dir, default_workers(workers), on_stage)
     res = G.run_gaps(rd, cfg, data_dir=data_dir, on_stage=on_stage, on_checkpoint=on_checkpoint, store=not no_store)
     bar.close()
     click.echo(R.notes(res))
@@ -784,6 +790,35 @@ def gaps(run_dir, refit_epochs, refit_until_converged, refit_tol, refit_max_epoc
     stored = sum(1 for r in res["checkpoints"] if r.get("from_store"))
     click.echo(f"{len(res['checkpoints'])} checkpoints ({stored} read from {res['store_dir']}) in "
                f"{res['total_seconds']:.0f} s (total {time.time() - t0:.0f} s)")
+
+
+def _gaps_share(run_dir: Path, cfg, data_dir, progress) -> None:
+    from bbans_vae import gaps as G
+    G.run_gaps(run_dir, cfg, data_dir=data_dir, on_checkpoint=lambda rec: progress(1))
+
+
+def _gaps_in_workers(run_dir: Path, cfg, data_dir, workers: int, on_stage) -> None:
+    """Measure the checkpoints in `workers` processes, contiguous shares each, into the store (the
+    split, if "last", by the share holding the last checkpoint); `run_gaps` then reads them back."""
+    import dataclasses
+    from bbans_vae import gaps as G
+    from bbans_vae.ans.chains import chain_groups
+    from bbans_vae.ans.workers import run_jobs
+    ckpts = G.select_checkpoints(run_dir, cfg.epochs)
+    groups = chain_groups(len(ckpts), workers)
+    if len(groups) < 2:
+        return
+    jobs = [functools.partial(_gaps_share, run_dir, dataclasses.replace(
+        cfg, epochs=tuple(e for e, _ in ckpts[a:b]),
+        split=cfg.split if cfg.split != "last" else ("last" if b == len(ckpts) else "none")), data_dir)
+        for a, b in groups]
+    done = []
+
+    def progress(n):
+        done.append(n)
+        on_stage(len(done), len(ckpts) + 1, f"{len(done)} of {len(ckpts)} checkpoints ({len(groups)} workers)")
+
+    run_jobs(jobs, progress)
 
 
 # ----------------------------------------------------------------------------- bench
