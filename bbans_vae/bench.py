@@ -21,6 +21,7 @@ results.json, README.md and plots. Nothing here prints; progress is reported thr
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import os
 import platform
 import time
@@ -33,7 +34,8 @@ import torch
 
 from . import baselines
 from .checkpoint import bundled_models, load_model
-from .ans.chains import DEFAULT_LATENT_BITS, ChainLayout, single_thread
+from .ans.chains import DEFAULT_LATENT_BITS, ChainLayout, chain_groups, single_thread
+from .ans.workers import run_jobs
 from .pipeline import compress, decompress, default_chains
 from .data import open_dataset
 from .errors import VaeCompressError
@@ -191,35 +193,64 @@ def forward_seconds(model: VAE, images: np.ndarray, n_chains: int, file_images: 
     return total
 
 
+FILE_TOTALS = ("actual_bits", "payload_bits", "container_bits", "initial_bits", "ideal_bits", "plain_images")
+
+
+def _code_file(m: _Model, chunk: np.ndarray, n_chains: int | None, latent_bits: int, refine_steps: int,
+               workers: int) -> dict:
+    """Encode one file, decode it, verify: its sizes, chains, coder path, seconds and error."""
+    t0 = time.perf_counter()
+    data, rep = compress(m.model, m.name, m.sha, chunk, names_stem="bench", n_chains=n_chains,
+                         latent_bits=latent_bits, with_neg_elbo=False, refine_steps=refine_steps, workers=workers)
+    out = {k: rep[k] for k in FILE_TOTALS + ("chains", "coder_path")}
+    out["encode_seconds"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    out["error"] = None
+    try:
+        decoded, _, _ = decompress(data, m.model, m.sha, workers=workers)
+        if not np.array_equal(decoded, chunk):
+            out["error"] = "decoded pixels differ"
+    except VaeCompressError as e:
+        out["error"] = str(e)
+    out["decode_seconds"] = time.perf_counter() - t0
+    return out
+
+
+def _code_file_group(m: _Model, images: np.ndarray, starts: Sequence[int], file_images: int, n_chains: int | None,
+                     latent_bits: int, refine_steps: int, progress) -> list[dict]:
+    out = []
+    for start in starts:
+        out.append(_code_file(m, np.ascontiguousarray(images[start:start + file_images]), n_chains, latent_bits,
+                              refine_steps, 1))
+        progress(1)
+    return out
+
+
 def _code_files(m: _Model, images: np.ndarray, nelbo_bits: np.ndarray, protocol: str, file_images: int,
-                n_chains: int | None, latent_bits: int, with_forward: bool = True, refine_steps: int = 0) -> dict:
-    """Encode `images` as files of `file_images` images, decode each, verify; one result row."""
+                n_chains: int | None, latent_bits: int, with_forward: bool = True, refine_steps: int = 0,
+                workers: int = 1) -> dict:
+    """Encode `images` as files of `file_images` images, decode each, verify; one result row.
+
+    `workers`: one file is coded with that many worker processes (groups of chains); several
+    files are shared out among that many processes, one file at a time each. The sizes are the
+    same for any number; the seconds are each file's own coding time, summed over the files."""
     n, dims = len(images), images[0].size * len(images)
-    totals = dict(actual_bits=0, payload_bits=0, container_bits=0, initial_bits=0.0, ideal_bits=0.0,
-                  plain_images=0)
-    enc_s = dec_s = 0.0
-    verified, error, files, chains_used = True, None, 0, set()
-    for start in range(0, n, file_images):
-        chunk = np.ascontiguousarray(images[start:start + file_images])
-        t0 = time.perf_counter()
-        data, rep = compress(m.model, m.name, m.sha, chunk, names_stem="bench", n_chains=n_chains,
-                             latent_bits=latent_bits, with_neg_elbo=False, refine_steps=refine_steps)
-        enc_s += time.perf_counter() - t0
-        for k in totals:
-            totals[k] += rep[k]
-        chains_used.add(rep["chains"])
-        files += 1
-        t0 = time.perf_counter()
-        try:
-            decoded, _, _ = decompress(data, m.model, m.sha)
-            ok = bool(np.array_equal(decoded, chunk))
-            if not ok and error is None:
-                error = f"file {files}: decoded pixels differ"
-        except VaeCompressError as e:
-            ok = False
-            error = error or f"file {files}: {e}"
-        dec_s += time.perf_counter() - t0
-        verified &= ok
+    starts = list(range(0, n, file_images))
+    if workers > 1 and len(starts) > 1:
+        groups = chain_groups(len(starts), workers)
+        per_file = [r for part in run_jobs([functools.partial(_code_file_group, m, images, starts[a:b], file_images,
+                                                              n_chains, latent_bits, refine_steps)
+                                            for a, b in groups]) for r in part]
+    else:
+        per_file = [_code_file(m, np.ascontiguousarray(images[s:s + file_images]), n_chains, latent_bits, refine_steps,
+                               workers) for s in starts]
+    totals = {k: sum(f[k] for f in per_file) for k in FILE_TOTALS}
+    enc_s = sum(f["encode_seconds"] for f in per_file)
+    dec_s = sum(f["decode_seconds"] for f in per_file)
+    errors = [f"file {i + 1}: {f['error']}" for i, f in enumerate(per_file) if f["error"] is not None]
+    verified, error, files = not errors, (errors[0] if errors else None), len(per_file)
+    chains_used = {f["chains"] for f in per_file}
+    rep = per_file[-1]
     chains = min(chains_used) if len(chains_used) == 1 else sorted(chains_used)
     row = {"codec": f"vaecompress {m.name}", "ours": True, "model": m.name, "protocol": protocol,
            "input": "bbans", "n_images": n, "files": files, "chains": chains,
@@ -261,6 +292,7 @@ class _Plan:
     latent_bits: int
     data_dir: str | None
     refine_steps: list[int]
+    workers: int = 1
     steps: list = field(default_factory=list)
     images: dict = field(default_factory=dict)
     nelbo: dict = field(default_factory=dict)
@@ -304,19 +336,20 @@ class _Plan:
     def code(self, d: str, m: _Model, proto: str, n_refine: int) -> None:
         x, nb, lb = self.images[d], self.nelbo[(d, m.name)], self.latent_bits
         if proto == "chunks100":
-            row = _code_files(m, x, nb, proto, CHUNK_IMAGES, 1, lb)
+            row = _code_files(m, x, nb, proto, CHUNK_IMAGES, 1, lb, workers=self.workers)
         elif proto == "single":
             k = min(self.single_images, len(x))
-            row = _code_files(m, x[:k], nb, proto, 1, 1, lb)
+            row = _code_files(m, x[:k], nb, proto, 1, 1, lb, workers=self.workers)
             if k < len(x):
                 row["subset"] = f"first {k} images"
         else:                                                          # all, all+refineK
-            row = _code_files(m, x, nb, proto, len(x), None, lb, refine_steps=n_refine)
+            row = _code_files(m, x, nb, proto, len(x), None, lb, refine_steps=n_refine, workers=self.workers)
         self.datasets[d]["rows"].append(row)
 
     def sweep_row(self, sweep: dict, m: _Model, d: str, chains: int) -> None:
         x = self.images[d]
-        row = _code_files(m, x, self.nelbo[(d, m.name)], "all", len(x), chains, self.latent_bits)
+        row = _code_files(m, x, self.nelbo[(d, m.name)], "all", len(x), chains, self.latent_bits,
+                          workers=self.workers)
         row["chains_requested"] = chains
         sweep["rows"].append(row)
         sweep["n_images"] = len(x)
@@ -331,7 +364,7 @@ class _Plan:
                 row = all_row
             else:
                 row = _code_files(m, x[:n], self.nelbo[(d, m.name)], "all", n, None, self.latent_bits,
-                                  with_forward=False)
+                                  with_forward=False, workers=self.workers)
             curve["points"].append({k: row.get(k) for k in CURVE_KEYS})
 
 
@@ -345,7 +378,7 @@ def run_bench(datasets: Sequence[str] = DATASETS, models: Sequence[str] | None =
               single_images: int = SINGLE_IMAGES, curve_sizes: Sequence[int] = CURVE_SIZES,
               latent_bits: int = DEFAULT_LATENT_BITS, data_dir: str | None = None,
               command: str | None = None, sweep_model: str | None = None,
-              refine_steps: Sequence[int] = (), pixels: str | None = None) -> dict:
+              refine_steps: Sequence[int] = (), pixels: str | None = None, workers: int = 1) -> dict:
     """Benchmark BB-ANS and classical codecs; returns the result dict (see module docstring).
 
     datasets: dataset names (test split each) or paths (all their images; `pixels` as in
@@ -357,6 +390,8 @@ def run_bench(datasets: Sequence[str] = DATASETS, models: Sequence[str] | None =
       sweep (default: bundled `mnist-bin` if given, else the first binary model, else the first).
     refine_steps: for each K > 0, one more BB-ANS row per (model, dataset): protocol `all` with K
       steps of posterior refinement (`refine_protocol(K)`).
+    workers: processes coding BB-ANS files (`_code_files`): every size and verdict is the same for
+      any number; the speeds are per file (each file's own time), the elapsed time shrinks.
     """
     t_start = time.perf_counter()
     datasets = list(dict.fromkeys(datasets))
@@ -371,7 +406,7 @@ def run_bench(datasets: Sequence[str] = DATASETS, models: Sequence[str] | None =
         raise VaeCompressError("refinement steps must be in 1..1000")
     plan = _Plan(specs, limit, None if codecs is None else list(codecs),
                  baselines.default_jxl_effort() if effort is None else int(effort), single_images, curve_sizes,
-                 latent_bits, data_dir, refine_steps)
+                 latent_bits, data_dir, refine_steps, max(1, int(workers)))
     loaded = _load_models(models)
     only = "classical codecs only" if classical else "nothing measured (--no-classical)"
     notes = _model_notes(loaded, models, specs, only)
@@ -424,7 +459,7 @@ def run_bench(datasets: Sequence[str] = DATASETS, models: Sequence[str] | None =
                      "codecs": plan.codecs, "jpegxl_effort": plan.jxl_effort,
                      "chains_sweep": [int(c) for c in chains_list], "chunk_images": CHUNK_IMAGES,
                      "single_images": single_images, "curve_sizes": [int(n) for n in curve_sizes],
-                     "latent_bits": latent_bits, "refine_steps": refine_steps,
+                     "latent_bits": latent_bits, "refine_steps": refine_steps, "workers": plan.workers,
                      "neg_elbo": "dataset_neg_elbo_bits: exact KL + 1-sample MC reconstruction, seed 0"},
         "protocols": {**{k: v.format(single=single_images) for k, v in PROTOCOLS.items()},
                       **{refine_protocol(k): refine_protocol_text(k) for k in refine_steps}},

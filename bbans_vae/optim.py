@@ -19,12 +19,18 @@ Batch = TypeVar("Batch")
 
 
 def minimise(optimizer: torch.optim.Optimizer, loss_fn: Callable[[Batch], torch.Tensor],
-             batches: Iterable[Batch]) -> Iterator[tuple[Batch, float]]:
-    """One optimizer step per batch on the scalar `loss_fn(batch)`; yields (batch, its loss)."""
+             batches: Iterable[Batch],
+             reduce_grads: Callable[[list[torch.Tensor]], None] | None = None) -> Iterator[tuple[Batch, float]]:
+    """One optimizer step per batch on the scalar `loss_fn(batch)`; yields (batch, its loss).
+    `reduce_grads(grads)`, if given, combines the gradients in place before the step (data-parallel
+    training sums them over the ranks: `train.py`)."""
     params = [p for group in optimizer.param_groups for p in group["params"]]
     for batch in batches:
         loss = loss_fn(batch)
-        for p, g in zip(params, torch.autograd.grad(loss, params)):
+        grads = list(torch.autograd.grad(loss, params))
+        if reduce_grads is not None:
+            reduce_grads(grads)
+        for p, g in zip(params, grads):
             p.grad = g
         optimizer.step()
         yield batch, float(loss.detach())

@@ -133,14 +133,17 @@ def compress(model: VAE, model_name: str, model_sha256_hex: str, pixels: np.ndar
              latent_bits: int = DEFAULT_LATENT_BITS, with_neg_elbo: bool = False,
              progress: Callable[[int], None] | None = None, refine_steps: int = 0,
              refine_lr: float = DEFAULT_REFINE_LR, coder_path: str | None = None,
-             workers: int = 1, importance_samples: int = 1, start: str = "auto") -> tuple[bytes, dict]:
+             workers: int = 1, importance_samples: int = 1, start: str = "auto",
+             team=None) -> tuple[bytes | None, dict | None]:
     """`workers` processes code groups of chains in parallel on the exact coder path (the file is
     the same for any number); the float32 path codes in this process. `importance_samples` K > 1
     codes with the coupled K-sample bound (ans/importance.py). `start`: how a chain's first images
     (coded without bits back) code their latent: "plain" (the posterior mode at full precision),
     "cheap" (at the precision that makes each image shortest, ans/chains.push_cheap_plain) or
     "auto" (cheap when every chain codes one image, plain otherwise: files of several images
-    per chain stay byte-identical to earlier versions)."""
+    per chain stay byte-identical to earlier versions). With a torchrun `team` (`distributed.Team`)
+    every rank calls this and codes its share of the chains; rank 0 gets the file, byte-identical
+    to a one-process run, the other ranks (None, None)."""
     symbols, scale = model_symbols(model, pixels)
     N = len(pixels)
     C = default_chains(N) if n_chains is None else n_chains
@@ -181,7 +184,9 @@ def compress(model: VAE, model_name: str, model_sha256_hex: str, pixels: np.ndar
     backend = make_coder_backend(coder_path, model, latent_bits, refine_steps, refine_lr_e4)
     t0 = time.perf_counter()
     enc = encode_images(model, symbols, C, latent_bits, progress, backend=backend, workers=workers,
-                        importance_samples=importance_samples, cheap_start=cheap_start)
+                        importance_samples=importance_samples, cheap_start=cheap_start, team=team)
+    if enc is None:                                         # a torchrun rank other than 0
+        return None, None
     seconds = time.perf_counter() - t0
     header = Header(model_name=model_name, model_sha256=bytes.fromhex(model_sha256_hex)[:8], engine=ENGINE,
                     torch_version=torch.__version__, coder_path=coder_path, pixel_kind=model.cfg.pixel_kind,
@@ -302,8 +307,10 @@ class _BlockChecks:
 def decompress_parsed(header: Header, chains: list[np.ndarray], model: VAE, model_sha256_hex: str,
                       progress: Callable[[int], None] | None = None, batch_split: int | None = None,
                       max_memory: int | None = None, max_output_bytes: int | None = None, workers: int = 1,
-                      trust_v1: bool = False) -> tuple[np.ndarray, Header, dict]:
-    """`decompress` for a container already read (`container.read_file` / `unpack`)."""
+                      trust_v1: bool = False, team=None) -> tuple[np.ndarray | None, Header, dict]:
+    """`decompress` for a container already read (`container.read_file` / `unpack`). With a
+    torchrun `team`, every rank decodes its share of the chains and rank 0 checks and returns the
+    pixels; the other ranks return (None, header, {})."""
     check_decodable(header, model, model_sha256_hex, max_memory, max_output_bytes, trust_v1)
     t0 = time.perf_counter()
     try:
@@ -315,7 +322,9 @@ def decompress_parsed(header: Header, chains: list[np.ndarray], model: VAE, mode
         symbols = decode_images(model, chains, header.n_images, model.cfg.array_shape, header.plain_images,
                                 header.latent_bits, progress, backend=backend, workers=workers,
                                 on_round=_BlockChecks(header), importance_samples=header.importance_samples,
-                                cheap_start=header.cheap_start)
+                                cheap_start=header.cheap_start, team=team)
+        if symbols is None:                                 # a torchrun rank other than 0
+            return None, header, {}
         pixels = symbols
         if header.pixel_kind == "binary":
             pixels *= np.uint8(header.binary_scale)                  # in place: no second image array

@@ -9,9 +9,19 @@ Run directory layout
 Determinism: epoch e shuffles with a generator seeded by (seed, e), and the reparameterisation
 noise too, so a resumed run continues as if never stopped (up to float non-associativity).
 The fixed training subset (`train_size`) is `RandomState(seed).permutation(n)[:train_size]`.
+
+Data-parallel (under torchrun, a `distributed.Team`): every rank draws the same permutation and
+takes its contiguous share of each batch of `batch_size` images; each rank's loss is weighted by
+its share of the batch and the gradients are summed over the ranks (one all-reduce per step), so
+a step is the same full-batch step as in one process. Rank r draws its reparameterisation noise
+from (seed, e, r) (rank 0 the one-process noise), so a run is deterministic for a given world
+size. Rank 0 reads the resume state and sends it to the others, and writes every file; the ranks'
+weights are compared after every epoch. The world size goes into run.json, train_log.jsonl and
+every checkpoint's config.
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
@@ -25,6 +35,7 @@ from safetensors.torch import load_file
 
 from .checkpoint import (CONFIG, load_checkpoint, save_checkpoint, save_tensors_atomic, write_json_atomic)
 from .data import Dataset, run_dataset
+from .distributed import Team, root_first
 from .errors import ModelError, VaeCompressError
 from .models import VAE, ModelConfig, build_model
 from .objectives import dataset_neg_elbo_bits, neg_elbo_bits, reverse_half_asleep_objective
@@ -110,17 +121,39 @@ def pick_device(device: str) -> str:
     return device
 
 
-def train(run_dir: Path, args: TrainArgs, device: str = "cpu", meta: dict | None = None,
-          on_batch: Callable[[float], None] | None = None,
-          on_epoch: Callable[[dict], None] | None = None, dataset: Dataset | None = None) -> Path:
-    """Train (or resume) into run_dir; returns the last checkpoint directory.
+def _sync_state(team: Team, model: VAE, opt: torch.optim.Optimizer, start_epoch: int) -> int:
+    """Rank 0's weights, Adam state and start epoch on every rank (safetensors bytes and JSON: no
+    pickle); returns the start epoch. Fresh runs too, as DistributedDataParallel does."""
+    from safetensors.torch import load as st_load, save as st_save
+    tensors, groups = _adam_state_tensors(opt) if team.is_root else ({}, {})
+    weights = team.broadcast_bytes(st_save({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()})
+                                   if team.is_root else None)
+    adam = team.broadcast_bytes(st_save({k: v.contiguous().cpu() for k, v in tensors.items()}) if team.is_root else None)
+    info = json.loads(team.broadcast_bytes(json.dumps({"start_epoch": start_epoch, **groups}).encode()
+                                           if team.is_root else None))
+    if not team.is_root:
+        model.load_state_dict(st_load(weights))
+        if info.get("param_groups") and adam:
+            _load_adam_state(opt, st_load(adam), info)
+    return int(info["start_epoch"])
 
-    `dataset`: `args.dataset` already opened (`data.open_dataset`); else it is opened from `args`.
 
-    With `args.init`, training starts from that checkpoint's weights; with an encoder-only
-    `args.objective`, the decoder is frozen and only the encoder is optimised.
-    """
-    run_dir = Path(run_dir)
+def _sum_grads(team: Team, grads: list[torch.Tensor]) -> None:
+    """In place: every gradient summed over the ranks, in one all-reduce."""
+    flat = team.all_sum_(torch.cat([g.reshape(-1) for g in grads]))
+    for g, part in zip(grads, flat.split([g.numel() for g in grads])):
+        g.copy_(part.view_as(g))
+
+
+def _rank_batches(train_x: torch.Tensor, n: int, batch_size: int, gen: torch.Generator, team: Team | None):
+    """(this rank's images, images in the whole batch) for each batch of the epoch's permutation."""
+    for idx in shuffled_batches(n, batch_size, gen):
+        share = range(len(idx)) if team is None else team.share(len(idx))
+        yield train_x[idx[share.start:share.stop].to(train_x.device)], len(idx)
+
+
+def _start_record(run_dir: Path, args: TrainArgs, meta: dict | None, world: int) -> dict:
+    """Check a resumed run's arguments against run.json (or start it); returns the run record."""
     run_dir.mkdir(parents=True, exist_ok=True)
     run_json = run_dir / "run.json"
     if run_json.exists():
@@ -137,7 +170,30 @@ def train(run_dir: Path, args: TrainArgs, device: str = "cpu", meta: dict | None
         run_record = saved
     else:
         run_record = {**asdict(args), **(meta or {})}
+    run_record["world_size"] = world            # processes training (torchrun); 1 without
     write_json_atomic(run_json, run_record)
+    return run_record
+
+
+def train(run_dir: Path, args: TrainArgs, device: str = "cpu", meta: dict | None = None,
+          on_batch: Callable[[float], None] | None = None,
+          on_epoch: Callable[[dict], None] | None = None, dataset: Dataset | None = None,
+          team: Team | None = None) -> Path | None:
+    """Train (or resume) into run_dir; returns the last checkpoint directory.
+
+    `dataset`: `args.dataset` already opened (`data.open_dataset`); else it is opened from `args`.
+
+    With `args.init`, training starts from that checkpoint's weights; with an encoder-only
+    `args.objective`, the decoder is frozen and only the encoder is optimised.
+
+    `team` (under torchrun): data-parallel training (module docstring); every rank calls this,
+    rank 0 writes the run directory and returns the checkpoint, the others return None.
+    """
+    run_dir = Path(run_dir)
+    world = team.size if team is not None else 1
+    root = team is None or team.is_root
+    run_record = root_first(team, lambda: _start_record(run_dir, args, meta, world)) or {}
+    run_json = run_dir / "run.json"
 
     ds = dataset or run_dataset(asdict(args), args.data_dir)
     cfg = ModelConfig.from_dict(args.model)
@@ -164,7 +220,7 @@ def train(run_dir: Path, args: TrainArgs, device: str = "cpu", meta: dict | None
     if args.init:
         from .checkpoint import load_model
         init_model, init_conf, _ = load_model(args.init, device)
-        if "init_weights_sha256" not in run_record and not (resume / CONFIG).is_file():
+        if root and "init_weights_sha256" not in run_record and not (resume / CONFIG).is_file():
             # pin which weights --init named when the run started (a bundled name can be updated)
             run_record["init_weights_sha256"] = init_conf["weights_sha256"]
             write_json_atomic(run_json, run_record)
@@ -181,24 +237,27 @@ def train(run_dir: Path, args: TrainArgs, device: str = "cpu", meta: dict | None
             raise ModelError(f"--init {args.init} has architecture {init_model.cfg}, not {cfg}")
     opt = torch.optim.Adam(trainable(model), lr=args.lr)
     start_epoch = 1
-    if (resume / CONFIG).is_file():
+    if root and (resume / CONFIG).is_file():
         model, rconf = load_checkpoint(resume, device)
         opt = torch.optim.Adam(trainable(model), lr=args.lr)
         _load_adam_state(opt, load_file(str(resume / "optimizer.safetensors"), device=device),
                          json.loads((resume / "optimizer.json").read_text()))
         start_epoch = int(rconf["epoch"]) + 1
+    if team is not None:
+        start_epoch = _sync_state(team, model, opt, start_epoch)
 
     base_meta = {**(meta or {}), "dataset": args.dataset, **({"data": args.data} if args.data else {}),
                  "seed": args.seed,
                  "train_subset": {"size": int(len(train_x)), "seed": args.seed,
                                   "full": args.train_size is None},
                  "batch_size": args.batch_size, "lr": args.lr, "objective": args.objective,
-                 "init": args.init, "init_weights_sha256": run_record.get("init_weights_sha256")}
+                 "init": args.init, "init_weights_sha256": run_record.get("init_weights_sha256"),
+                 "world_size": world}
     last = None
     n = len(train_x)
     log_path = run_dir / "train_log.jsonl"
     train_seconds = 0.0
-    if log_path.exists():  # time spent before a resume
+    if root and log_path.exists():  # time spent before a resume
         for line in log_path.read_text().splitlines():
             rec = json.loads(line)
             if rec.get("epoch", 0) < start_epoch:
@@ -207,19 +266,35 @@ def train(run_dir: Path, args: TrainArgs, device: str = "cpu", meta: dict | None
         t0 = time.time()
         model.train()
         gen = torch.Generator().manual_seed(args.seed * 1_000_003 + epoch)
-        noise = torch.Generator(device=device).manual_seed(args.seed * 1_000_033 + epoch)
-        batches = (train_x[idx.to(device)] for idx in shuffled_batches(n, args.batch_size, gen))
+        rank = team.rank if team is not None else 0
+        noise = torch.Generator(device=device).manual_seed(args.seed * 1_000_033 + epoch + 1_000_000_007 * rank)
+
+        def loss(batch):            # this rank's share of the batch's mean loss (1.0 x it alone)
+            x, n_batch = batch
+            if not len(x):          # a batch smaller than the team: nothing here, zero gradient
+                return sum((p * 0).sum() for group in opt.param_groups for p in group["params"])
+            return loss_fn(model, x, noise) * (len(x) / n_batch)
+
         total, count = 0.0, 0
-        for x, loss_bits in minimise(opt, lambda x: loss_fn(model, x, noise), batches):
-            total += loss_bits * len(x)
+        for (x, n_batch), loss_bits in minimise(opt, loss, _rank_batches(train_x, n, args.batch_size, gen, team),
+                                                None if team is None else functools.partial(_sum_grads, team)):
+            total += loss_bits * n_batch
             count += len(x)
-            if on_batch:
-                on_batch(loss_bits / cfg.n_pixels)
+            if on_batch and len(x):
+                on_batch(loss_bits * n_batch / len(x) / cfg.n_pixels)
+        if team is not None:
+            total, count = team.all_sum_(torch.tensor([total, count], dtype=torch.float64, device=team.device)).tolist()
+            flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+            if not team.same_everywhere(flat):
+                raise VaeCompressError(f"the ranks' weights differ after epoch {epoch}: data-parallel training "
+                                       "lost its synchronisation")
         if not math.isfinite(total):
             raise VaeCompressError(f"training diverged at epoch {epoch} (loss is not finite); lower --lr")
         record = {"epoch": epoch, "train_loss_bpd": total / count / cfg.n_pixels,
-                  "seconds": time.time() - t0}
+                  "seconds": time.time() - t0, "world_size": world}
         train_seconds += record["seconds"]
+        if not root:                # rank 0 evaluates and writes
+            continue
         is_save = epoch == args.epochs or (args.save_every and epoch % args.save_every == 0)
         if is_save:
             test_bits = dataset_neg_elbo_bits(model, test_x, device=device)
@@ -236,6 +311,8 @@ def train(run_dir: Path, args: TrainArgs, device: str = "cpu", meta: dict | None
             f.write(json.dumps(record) + "\n")
         if on_epoch:
             on_epoch(record)
+    if not root:
+        return None
     if last is None:
         from .checkpoint import newest_checkpoint
         last = newest_checkpoint(run_dir)

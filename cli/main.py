@@ -35,6 +35,12 @@ def _on_signal(owner: int, signum, frame):
     raise Terminated(signum)
 
 
+def _rank_prefix() -> str:
+    """"rank N: " in a torchrun process other than rank 0 (each rank reports its own errors)."""
+    rank = os.environ.get("RANK", "0")
+    return f"rank {rank}: " if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1 and rank != "0" else ""
+
+
 class App(click.Group):
     """Turns user errors into one line on stderr and exit code 1; --debug shows tracebacks.
     SIGTERM and SIGHUP end the command like Ctrl-C (cleanup, one line, exit 128 + signal)."""
@@ -58,7 +64,7 @@ class App(click.Group):
         except VaeCompressError as e:
             if ctx.obj and ctx.obj.get("debug"):
                 raise
-            click.echo(f"vaecompress: error: {e}", err=True)
+            click.echo(f"vaecompress: error: {_rank_prefix()}{e}", err=True)
             ctx.exit(1)
         except Terminated as e:
             click.echo(f"vaecompress: error: terminated by {signal.Signals(e.signum).name}; "
@@ -92,11 +98,21 @@ def main(ctx, debug):
     ctx.obj["debug"] = debug
 
 
-def progress_bar(total: int, desc: str, quiet: bool):
+def progress_bar(total: int | None, desc: str, quiet: bool):
     """A tqdm bar on a terminal, a no-op otherwise (or with --quiet)."""
     from tqdm import tqdm
     disable = quiet or not sys.stderr.isatty()
     return tqdm(total=total, desc=desc, unit="img", disable=disable, leave=False, file=sys.stderr)
+
+
+def team_progress_bar(total: int, desc: str, quiet: bool, team):
+    """`progress_bar`; under torchrun only rank 0 shows one, counting the images it codes itself
+    (no total: the other ranks' progress is not sent to it)."""
+    if team is None:
+        return progress_bar(total, desc, quiet)
+    bar = progress_bar(total, f"{desc} (rank 0 of {team.size})", quiet or not team.is_root)
+    bar.total = None
+    return bar
 
 
 def git_revision() -> str | None:
@@ -136,9 +152,16 @@ workers_option = click.option(
          "any number). Default: this machine's cores (at most one per chain).")
 
 
-def default_workers(workers: int | None) -> int:
+def default_workers(workers: int | None, team=None) -> int:
+    """--workers, else this machine's cores (shared by the torchrun ranks on this machine)."""
     from bbans_vae.ans.workers import available_cores
-    return workers or available_cores()
+    return workers or max(1, available_cores() // (team.local_size if team is not None else 1))
+
+
+def torchrun_team(device: str = "cpu"):
+    """This process's place under torchrun (`bbans_vae.distributed.Team`), or None."""
+    from bbans_vae.distributed import from_env
+    return from_env(device)
 
 
 # ----------------------------------------------------------------------------- train
@@ -194,6 +217,11 @@ def train(dataset, test_path, holdout, pixels, arch, epochs, run_dir, batch_size
     Re-running the same command on the same RUN_DIR resumes where it stopped.
     On CPU, training runs on --threads torch threads (default 1: the batches are small, and on
     shared cores more threads cost far more than they gain).
+
+    Under torchrun (e.g. `torchrun --standalone --nproc_per_node 2 -m vaecompress_cli.main train
+    ...`) it trains data-parallel: each batch split over the processes (gloo on CPU, NCCL on CUDA,
+    one GPU each), same run directory, checkpoints and resume; rank 0 writes. The README has the
+    several-machine command.
     """
     from tqdm import tqdm
     from bbans_vae.data import DATASETS, open_dataset
@@ -214,7 +242,12 @@ def train(dataset, test_path, holdout, pixels, arch, epochs, run_dir, batch_size
     if cfg.pixel_kind != spec.pixel_kind:
         raise VaeCompressError(f"preset {arch} codes {cfg.pixel_kind} pixels; dataset {dataset} is {spec.pixel_kind}"
                                + ("" if spec.record is None else " (see --pixels)"))
+    from bbans_vae.distributed import joined
     dev = pick_device(device)
+    team = torchrun_team(dev)
+    if team is not None and dev == "cuda":
+        dev = team.device                   # one GPU per process: cuda:LOCAL_RANK
+    root = team is None or team.is_root
     args = TrainArgs(dataset=spec.name, model=cfg.to_dict(), epochs=epochs, batch_size=batch_size, lr=lr,
                      seed=seed, train_size=train_size, save_every=save_every, data_dir=data_dir,
                      init=init_ref, objective=objective, data=spec.record)
@@ -224,8 +257,9 @@ def train(dataset, test_path, holdout, pixels, arch, epochs, run_dir, batch_size
     if threads is not None:
         torch.set_num_threads(threads)
     meta = {"command": command_line(), "git_revision": git_revision(), "preset": arch,
-            "hardware": f"{dev}, {os.cpu_count()} cpus, {torch.get_num_threads()} torch threads, torch {torch.__version__}"}
-    bar = tqdm(total=epochs, desc="epochs", disable=quiet or not sys.stderr.isatty(), file=sys.stderr)
+            "hardware": f"{dev}, {os.cpu_count()} cpus, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
+                        + (f", {team.size} processes (torchrun)" if team is not None else "")}
+    bar = tqdm(total=epochs, desc="epochs", disable=quiet or not root or not sys.stderr.isatty(), file=sys.stderr)
     t0 = time.time()
 
     def on_epoch(rec):
@@ -235,8 +269,11 @@ def train(dataset, test_path, holdout, pixels, arch, epochs, run_dir, batch_size
             bar.write(f"epoch {rec['epoch']}: train {rec['train_loss_bpd']:.4f} bpd, "
                       f"test -ELBO {rec['test_neg_elbo_bpd']:.4f} bpd", file=sys.stderr)
 
-    last = run_training(Path(run_dir), args, device=dev, meta=meta, on_epoch=on_epoch, dataset=spec)
+    with joined(team):
+        last = run_training(Path(run_dir), args, device=dev, meta=meta, on_epoch=on_epoch, dataset=spec, team=team)
     bar.close()
+    if not root:
+        return
     click.echo(f"trained {arch} on {dataset} in {time.time() - t0:.0f} s; checkpoint: {last}")
 
 
@@ -259,10 +296,13 @@ def train(dataset, test_path, holdout, pixels, arch, epochs, run_dir, batch_size
 @click.option("--samples", type=click.IntRange(1), default=1, show_default=True, help="MC samples for the -ELBO reconstruction term.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--workers", "-j", type=click.IntRange(1, 1024), default=None,
+              help="Processes sharing the chunks of 1,000 images (each chunk seeded on its own, one torch "
+                   "thread each: the numbers are the same for any number). Default: this machine's cores.")
 @data_dir_option
 @quiet_option
-def eval_cmd(model_ref, dataset, test_path, holdout, pixels, split, limit, iwae_k, samples, seed, as_json, data_dir,
-             quiet):
+def eval_cmd(model_ref, dataset, test_path, holdout, pixels, split, limit, iwae_k, samples, seed, as_json, workers,
+             data_dir, quiet):
     """Negative ELBO (and IWAE) of MODEL on a dataset split, in bits per dimension.
 
     \b
@@ -283,7 +323,9 @@ def eval_cmd(model_ref, dataset, test_path, holdout, pixels, split, limit, iwae_
                           seed=seed, data_root=data_dir)
     split = split or ds.eval_split
     dataset = ds.name
-    res = evaluate(model, ds, split, limit=limit, iwae_k=iwae_k, n_samples=samples, seed=seed)
+    with progress_bar(None, "eval", quiet) as bar:
+        res = evaluate(model, ds, split, limit=limit, iwae_k=iwae_k, n_samples=samples, seed=seed,
+                       workers=default_workers(workers), progress=bar.update)
     res = {"model": model_ref, "checkpoint": str(path), **res}
     if as_json:
         echo_json(res)
@@ -387,23 +429,29 @@ def encode(inputs, output, model_ref, chains, latent_bits, refine_steps, importa
       vaecompress encode t10k-images-idx3-ubyte.gz -o mnist-test.vae --model mnist --json
     """
     from .io import check_output_file, read_inputs, write_file_atomic
+    from bbans_vae.distributed import joined, root_first
     from bbans_vae.pipeline import compress, default_model_name
 
     out = Path(output)
-    check_output_file(out, force)          # before the work: exists, not a regular file, not writable
-    images = read_inputs([Path(p) for p in inputs])
-    if model_ref is None:
-        model_ref = default_model_name(images.pixels)
-    model, config = _load_for_coding(model_ref)
-    indexed = all(n == f"{images.names[0].rsplit('_', 1)[0]}_{i:05d}" for i, n in enumerate(images.names))
-    stem = images.names[0].rsplit("_", 1)[0] if indexed else None
-    with progress_bar(len(images.pixels), "encode", quiet) as bar:
-        data, report = compress(model, model_ref, config["weights_sha256"], images.pixels,
-                                names=None if indexed else images.names, names_stem=stem or "image",
-                                n_chains=chains, latent_bits=latent_bits, progress=bar.update,
-                                refine_steps=refine_steps, coder_path=coder_path, with_neg_elbo=elbo,
-                                workers=default_workers(workers), importance_samples=importance_samples,
-                                start=start)
+    team = torchrun_team()                 # under torchrun: ranks code chain groups, rank 0 writes
+    with joined(team):
+        # before the work: exists, not a regular file, not writable
+        root_first(team, lambda: check_output_file(out, force))
+        images = read_inputs([Path(p) for p in inputs])
+        if model_ref is None:
+            model_ref = default_model_name(images.pixels)
+        model, config = _load_for_coding(model_ref)
+        indexed = all(n == f"{images.names[0].rsplit('_', 1)[0]}_{i:05d}" for i, n in enumerate(images.names))
+        stem = images.names[0].rsplit("_", 1)[0] if indexed else None
+        with team_progress_bar(len(images.pixels), "encode", quiet, team) as bar:
+            data, report = compress(model, model_ref, config["weights_sha256"], images.pixels,
+                                    names=None if indexed else images.names, names_stem=stem or "image",
+                                    n_chains=chains, latent_bits=latent_bits, progress=bar.update,
+                                    refine_steps=refine_steps, coder_path=coder_path, with_neg_elbo=elbo,
+                                    workers=default_workers(workers, team), importance_samples=importance_samples,
+                                    start=start, team=team)
+    if data is None:                       # a torchrun rank other than 0: rank 0 writes and reports
+        return
     write_file_atomic(out, data, force=force)
     report = {"output": str(out), "model": model_ref, "bytes": len(data), **report}
     if as_json:
@@ -462,25 +510,36 @@ def decode(input_file, output, fmt, model_ref, force, max_memory, max_output, tr
     from bbans_vae.container import read_file
     from bbans_vae.limits import LimitError, default_max_memory
 
+    from bbans_vae.distributed import joined, root_first
+
     out = Path(output)
     cap = max_memory if max_memory is not None else default_max_memory()
-    header, chains = read_file(Path(input_file), max_bytes=cap)
-    names = header.image_names()
-    check_output_dir(out, output_files(names, fmt), force)        # before the work
-    disk = shutil.disk_usage(out if out.is_dir() else _existing_parent(out)).free
-    if header.output_bytes > disk:
-        raise LimitError(f"this file decodes to {header.output_bytes:,} bytes of pixels; {out} has {disk:,} bytes free")
-    if model_ref is not None:
-        model, config = _load_for_coding(model_ref)
-    else:
-        model, config = load_checkpoint(locate_model(header.model_name, header.model_sha256))
-    check_decodable(header, model, config["weights_sha256"], cap, max_output, trust_v1)
-    with progress_bar(header.n_images, "decode", quiet) as bar:
-        pixels, header, report = decompress_parsed(header, chains, model, config["weights_sha256"],
-                                                   progress=bar.update, max_memory=cap,
-                                                   workers=default_workers(workers),
-                                                   max_output_bytes=max_output, trust_v1=trust_v1)
+    team = torchrun_team()                 # under torchrun: ranks decode chain groups, rank 0 writes
+    with joined(team):
+        header, chains = read_file(Path(input_file), max_bytes=cap)
+        names = header.image_names()
+
+        def check_output():                # before the work
+            check_output_dir(out, output_files(names, fmt), force)
+            disk = shutil.disk_usage(out if out.is_dir() else _existing_parent(out)).free
+            if header.output_bytes > disk:
+                raise LimitError(f"this file decodes to {header.output_bytes:,} bytes of pixels; "
+                                 f"{out} has {disk:,} bytes free")
+
+        root_first(team, check_output)
+        if model_ref is not None:
+            model, config = _load_for_coding(model_ref)
+        else:
+            model, config = load_checkpoint(locate_model(header.model_name, header.model_sha256))
+        check_decodable(header, model, config["weights_sha256"], cap, max_output, trust_v1)
+        with team_progress_bar(header.n_images, "decode", quiet, team) as bar:
+            pixels, header, report = decompress_parsed(header, chains, model, config["weights_sha256"],
+                                                       progress=bar.update, max_memory=cap,
+                                                       workers=default_workers(workers, team),
+                                                       max_output_bytes=max_output, trust_v1=trust_v1, team=team)
     del chains
+    if pixels is None:                     # a torchrun rank other than 0: rank 0 writes and reports
+        return
     write_outputs(pixels, names, out, fmt, force)
     if as_json:
         echo_json({"input": str(input_file), "output": str(out), **report})
@@ -627,11 +686,15 @@ def demo(limit, chains, as_json, quiet):
 @click.option("--epochs", "epochs", default=None, help="Only these checkpoint epochs, e.g. 10,50,100.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--threads", type=click.IntRange(1), default=1, show_default=True, help="torch CPU threads.")
+@click.option("--workers", "-j", type=click.IntRange(1, 1024), default=None,
+              help="Processes measuring checkpoints at the same time (each stores its checkpoints' results, "
+                   "which are then read back: the same numbers as one process). Needs the store (not with "
+                   "--no-store).  [default: this machine's cores, at most one per checkpoint]")
 @data_dir_option
 @quiet_option
 def gaps(run_dir, refit_epochs, refit_until_converged, refit_tol, refit_max_epochs, json_out, csv_out, plot_out,
          quick, iwae_k, local_steps, test_images, train_eval_size, split_at, split_images, samples, chains,
-         latent_bits, coder_path, no_bitstreams, no_store, epochs, seed, threads, data_dir, quiet):
+         latent_bits, coder_path, no_bitstreams, no_store, epochs, seed, threads, workers, data_dir, quiet):
     """Generalization gaps (EGG = AIGG + GMGG) at every checkpoint of a training run, as -ELBO
     estimates and as sizes of real bitstreams, in bits per dimension, ± standard errors.
 
@@ -717,6 +780,8 @@ def gaps(run_dir, refit_epochs, refit_until_converged, refit_tol, refit_max_epoc
             header_done.append(True)
         bar.write(R.row(rec) + ("  (stored)" if rec.get("from_store") else ""))
 
+    if not no_store and default_workers(workers) > 1:
+        _gaps_in_workers(rd, cfg, data_dir, default_workers(workers), on_stage)
     res = G.run_gaps(rd, cfg, data_dir=data_dir, on_stage=on_stage, on_checkpoint=on_checkpoint, store=not no_store)
     bar.close()
     click.echo(R.notes(res))
@@ -734,6 +799,35 @@ def gaps(run_dir, refit_epochs, refit_until_converged, refit_tol, refit_max_epoc
     stored = sum(1 for r in res["checkpoints"] if r.get("from_store"))
     click.echo(f"{len(res['checkpoints'])} checkpoints ({stored} read from {res['store_dir']}) in "
                f"{res['total_seconds']:.0f} s (total {time.time() - t0:.0f} s)")
+
+
+def _gaps_share(run_dir: Path, cfg, data_dir, progress) -> None:
+    from bbans_vae import gaps as G
+    G.run_gaps(run_dir, cfg, data_dir=data_dir, on_checkpoint=lambda rec: progress(1))
+
+
+def _gaps_in_workers(run_dir: Path, cfg, data_dir, workers: int, on_stage) -> None:
+    """Measure the checkpoints in `workers` processes, contiguous shares each, into the store (the
+    split, if "last", by the share holding the last checkpoint); `run_gaps` then reads them back."""
+    import dataclasses
+    from bbans_vae import gaps as G
+    from bbans_vae.ans.chains import chain_groups
+    from bbans_vae.ans.workers import run_jobs
+    ckpts = G.select_checkpoints(run_dir, cfg.epochs)
+    groups = chain_groups(len(ckpts), workers)
+    if len(groups) < 2:
+        return
+    jobs = [functools.partial(_gaps_share, run_dir, dataclasses.replace(
+        cfg, epochs=tuple(e for e, _ in ckpts[a:b]),
+        split=cfg.split if cfg.split != "last" else ("last" if b == len(ckpts) else "none")), data_dir)
+        for a, b in groups]
+    done = []
+
+    def progress(n):
+        done.append(n)
+        on_stage(len(done), len(ckpts) + 1, f"{len(done)} of {len(ckpts)} checkpoints ({len(groups)} workers)")
+
+    run_jobs(jobs, progress)
 
 
 # ----------------------------------------------------------------------------- bench
@@ -765,10 +859,14 @@ def gaps(run_dir, refit_epochs, refit_until_converged, refit_tol, refit_max_epoc
 @click.option("--refine-steps", "refine_steps", multiple=True, type=click.IntRange(1, 1000),
               help="Also code each full set in one file with K steps of posterior refinement (protocol "
                    "`all+refineK`; repeatable). Slow: about 25x the plain encode time at K=10 on a ctx model.")
+@click.option("--workers", "-j", type=click.IntRange(1, 1024), default=None,
+              help="Processes coding the BB-ANS files: one file's chain groups, or several files at once "
+                   "(sizes and verdicts are the same for any number; speeds stay per file). "
+                   "Default: this machine's cores.")
 @data_dir_option
 @quiet_option
 def bench(datasets, pixels, model_refs, limit, out_dir, json_out, no_classical, quick, chains_list, jxl_effort,
-          single_images, refine_steps, data_dir, quiet):
+          single_images, refine_steps, workers, data_dir, quiet):
     """Benchmark BB-ANS against classical lossless codecs on the same test images; print the
     headline table (our best bpd vs the best classical codec per dataset).
 
@@ -811,7 +909,8 @@ def bench(datasets, pixels, model_refs, limit, out_dir, json_out, no_classical, 
     res = B.run_bench(s.datasets, list(model_refs) if model_refs else None, limit=s.limit,
                       chains_list=s.chains_list, classical=not no_classical, effort=s.jxl_effort, progress=on_progress,
                       single_images=s.single_images, data_dir=data_dir, command=command_line(),
-                      refine_steps=refine_steps, pixels=None if pixels == "auto" else pixels)
+                      refine_steps=refine_steps, pixels=None if pixels == "auto" else pixels,
+                      workers=default_workers(workers))
     bar.close()
     click.echo(format_headline(res))
     if out_dir:

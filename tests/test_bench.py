@@ -138,3 +138,28 @@ def test_refine_protocol_row(tiny, real_data_root):
     assert res["headline"][0]["ours_bpd"] == min(r["bpd"] for r in rows.values() if not r.get("subset"))
     with pytest.raises(Exception, match="1..1000"):
         run_bench(["mnist"], [tiny["8bit"]], limit=5, classical=False, refine_steps=(0,), data_dir=real_data_root)
+
+
+def _without_timings(obj):
+    """The result with every timing (and the worker count itself) left out."""
+    timing = ("_seconds", "_s", "_per_second", "_over_forward")
+    if isinstance(obj, dict):
+        return {k: _without_timings(v) for k, v in obj.items()
+                if not k.endswith(timing) and k not in ("date_utc", "workers")}
+    if isinstance(obj, list):
+        return [_without_timings(v) for v in obj]
+    return obj
+
+
+def test_same_results_for_every_worker_count(tiny, real_data_root):
+    """--workers shares out files (chunks100, single) and chain groups (all): every size, bpd and
+    verdict is the same as with one process."""
+    kw = dict(limit=N, chains_list=(4,), codecs=["gzip"], single_images=5, curve_sizes=(1, 10),
+              data_dir=real_data_root)
+    one = run_bench(["mnist-bin"], [tiny["bin"]], workers=1, **kw)
+    two = run_bench(["mnist-bin"], [tiny["bin"]], workers=3, **kw)
+    assert one["settings"]["workers"] == 1 and two["settings"]["workers"] == 3
+    assert two["all_verified"]
+    assert _without_timings(two) == _without_timings(one)
+    rows = {r["protocol"]: r for r in two["datasets"]["mnist-bin"]["rows"] if r["ours"]}
+    assert rows["chunks100"]["files"] == 2 and rows["single"]["files"] == 5

@@ -495,3 +495,34 @@ def test_rha_study_tiny(tiny_run, real_data_root, tmp_path):
             "--out", str(tmp_path / "rha"))
     assert json.loads((tmp_path / "rha" / "results.json").read_text())["rows"] == res["rows"]
     assert "wrote" in out and time.time() - t0 < 60
+
+
+def test_cli_gaps_same_numbers_for_every_worker_count(tiny_run, real_data_root, tmp_path):
+    """--workers 2 measures the two checkpoints in two processes (into the store, read back): the
+    same numbers as one process, the split at the last checkpoint included."""
+    import shutil
+    from click.testing import CliRunner
+    from vaecompress_cli.main import main
+    before = torch.get_num_threads()
+    outs = {}
+    try:
+        for w in ("1", "2"):
+            rd = tmp_path / f"run{w}"
+            shutil.copytree(tiny_run, rd, ignore=shutil.ignore_patterns("gaps"))
+            args = ["gaps", str(rd), "--data-dir", str(real_data_root), "--refit-epochs", "2", "--test-images", "60",
+                    "--train-eval-size", "60", "--split-images", "20", "--iwae", "5", "--local-steps", "3",
+                    "--samples", "1", "--chains", "2", "--workers", w, "--json", str(tmp_path / f"o{w}.json")]
+            res = CliRunner().invoke(main, args)
+            assert res.exit_code == 0, res.output
+            outs[w] = json.loads((tmp_path / f"o{w}.json").read_text())
+    finally:
+        torch.set_num_threads(before)
+    one, two = outs["1"], outs["2"]
+    assert len(one["checkpoints"]) == 2
+    assert all(r["from_store"] for r in two["checkpoints"])               # measured by the workers
+    # the same numbers; paths differ only by the run directory
+    same = [json.dumps(_numbers(r), sort_keys=True).replace(str(tmp_path / "run1"), str(tmp_path / "run2"))
+            for r in one["checkpoints"]]
+    assert same == [json.dumps(_numbers(r), sort_keys=True) for r in two["checkpoints"]]
+    assert one["split"] == two["split"] and "test_iwae_bpd" in two["checkpoints"][-1]
+    assert "test_iwae_bpd" not in two["checkpoints"][0]

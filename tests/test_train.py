@@ -85,3 +85,23 @@ def test_evaluate_reports_the_objectives_numbers(fresh_encoder_ckpt, real_data_r
                                     "--seed", "3", "--data-dir", str(real_data_root), "--json"])
     assert cli.exit_code == 0, cli.output
     assert {k: v for k, v in json.loads(cli.output).items() if k in res} == res
+
+
+def test_evaluate_gives_the_same_numbers_for_every_worker_count(fresh_encoder_ckpt, real_data_root, monkeypatch):
+    """Chunks (here of 40 images) seeded on their own, shared out among worker processes."""
+    import bbans_vae.evaluate as E
+    monkeypatch.setattr(E, "EVAL_CHUNK", 40)
+    model, _ = load_checkpoint(fresh_encoder_ckpt)
+    runs = [evaluate(model, "mnist-bin", "test", data_dir=real_data_root, limit=130, iwae_k=5, n_samples=2, seed=1,
+                     workers=w) for w in (1, 2, 3)]
+    assert runs[0] == runs[1] == runs[2]
+    assert runs[0]["n_images"] == 130
+    x = load_dataset("mnist-bin", "test", real_data_root)[:40]          # chunk 0 is seeded by the seed itself
+    first = evaluate(model, "mnist-bin", "test", data_dir=real_data_root, limit=40, n_samples=2, seed=1, workers=3)
+    assert first["neg_elbo_bits"] == pytest.approx(float(dataset_neg_elbo_bits(model, x, seed=1, n_samples=2).sum()),
+                                                   rel=1e-6)
+    cli = [CliRunner().invoke(main, ["eval", str(fresh_encoder_ckpt), "--limit", "130", "--iwae", "5", "--seed", "1",
+                                     "--samples", "2", "--data-dir", str(real_data_root), "--json", "--workers", w])
+           for w in ("1", "3")]
+    assert cli[0].exit_code == 0, cli[0].output
+    assert cli[0].output == cli[1].output

@@ -40,7 +40,7 @@ from .backends import Backend, FloatBackend
 from .codecs import (AnsCoder, Bernoulli, BitsBack, Categorical, Codec, Message, QuantizedGaussian, Uniform,
                      bits_back)
 from . import importance
-from .workers import run_jobs, shared_array
+from .workers import run_jobs, run_team_jobs, shared_array
 
 PIXEL_CODECS = {"bernoulli": Bernoulli, "categorical": Categorical, "quantized_gaussian": QuantizedGaussian}
 DEFAULT_LATENT_BITS = 8  # measured best rate for mlp-paper (k=6..12), see README
@@ -337,6 +337,21 @@ def _group_rounds(layout: ChainLayout, c0: int, c1: int) -> Iterator[tuple[int, 
             yield t, idx
 
 
+def _group_images(layout: ChainLayout, c0: int, c1: int) -> np.ndarray:
+    """Indices of the images chains c0..c1-1 code, in coding order (round by round)."""
+    parts = [idx for _, idx in _group_rounds(layout, c0, c1)]
+    return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+
+
+def _part_arrays(part: tuple) -> list[np.ndarray]:
+    """A group's encoding (`_encode_group`) as arrays, to cross ranks: words..., bits, ideal, plain."""
+    return [*part[0], np.asarray(part[1], np.int64), part[2], part[3], part[4]]
+
+
+def _part_from_arrays(a: list[np.ndarray]) -> tuple:
+    return list(a[:-4]), [int(b) for b in a[-4]], a[-3], a[-2], a[-1]
+
+
 def _encode_group(backend: Backend, images: np.ndarray, layout: ChainLayout, c0: int, c1: int,
                   progress: Callable[[int], None], importance_samples: int = 1,
                   cheap_start: bool = False) -> tuple:
@@ -357,7 +372,8 @@ def _encode_group(backend: Backend, images: np.ndarray, layout: ChainLayout, c0:
 
 def encode_images(model: VAE, images: np.ndarray, n_chains: int, latent_bits: int = DEFAULT_LATENT_BITS,
                   progress: Callable[[int], None] | None = None, backend: Backend | None = None,
-                  workers: int = 1, importance_samples: int = 1, cheap_start: bool = False) -> Encoded:
+                  workers: int = 1, importance_samples: int = 1, cheap_start: bool = False,
+                  team=None) -> Encoded | None:
     """Code (N, H, W) uint8 pixels ({0,1} for binary models, 0..255 for 8-bit) into C chains.
 
     `backend` (default FloatBackend(model, latent_bits)) supplies the distributions. With
@@ -365,19 +381,27 @@ def encode_images(model: VAE, images: np.ndarray, n_chains: int, latent_bits: in
     parallel processes: every chain's words, hence the file, are the same for any worker count.
     `importance_samples` K > 1 codes with the coupled K-sample bound (`importance.py`); `cheap_start`
     codes plain images with the latent precision that makes them shortest (`push_cheap_plain`).
+    With a torchrun `team` (`distributed.Team`) each rank codes its share of team.size x workers
+    groups and rank 0 gets the whole result (the other ranks get None); same words again.
     """
     N = images.shape[0]
     layout = ChainLayout(N, max(1, min(n_chains, N)))
     backend = backend if backend is not None else FloatBackend(model, latent_bits)
     model.eval()
-    groups = chain_groups(layout.n_chains, workers if backend.batch_invariant else 1)
-    parts = run_jobs([functools.partial(_encode_group, backend, images, layout, c0, c1,
-                                        importance_samples=importance_samples, cheap_start=cheap_start)
-                      for c0, c1 in groups],
-                     progress)
+    ranks = team.size if team is not None else 1
+    groups = chain_groups(layout.n_chains, ranks * workers if backend.batch_invariant else 1)
+    jobs = [functools.partial(_encode_group, backend, images, layout, c0, c1,
+                              importance_samples=importance_samples, cheap_start=cheap_start)
+            for c0, c1 in groups]
+    if team is None:
+        parts = run_jobs(jobs, progress)
+    else:
+        parts = run_team_jobs(jobs, team, progress, to_arrays=_part_arrays, from_arrays=_part_from_arrays)
+        if parts is None:
+            return None
     ideal = np.zeros(N)
     for (c0, c1), part in zip(groups, parts):
-        ideal[np.concatenate([idx for _, idx in _group_rounds(layout, c0, c1)])] = part[2]
+        ideal[_group_images(layout, c0, c1)] = part[2]
     plain_idx = np.concatenate([part[3] for part in parts])
     plain_q = np.concatenate([part[4] for part in parts])
     order = np.argsort(plain_idx, kind="stable")
@@ -445,7 +469,8 @@ def decode_images(model: VAE, chain_words: list[np.ndarray], n_images: int, imag
                   plain_images: list[int], latent_bits: int = DEFAULT_LATENT_BITS,
                   progress: Callable[[int], None] | None = None, backend: Backend | None = None,
                   workers: int = 1, on_round: Callable[[np.ndarray, np.ndarray], None] | None = None,
-                  importance_samples: int = 1, cheap_start: bool = False) -> np.ndarray:
+                  importance_samples: int = 1, cheap_start: bool = False,
+                  team=None) -> np.ndarray | None:
     """Inverse of `encode_images`: (N, H, W) uint8 symbols. Every chain must end empty.
 
     A chain that runs dry before its first image or holds bits after it raises ContainerError.
@@ -453,11 +478,16 @@ def decode_images(model: VAE, chain_words: list[np.ndarray], n_images: int, imag
     work on corrupt data is bounded by the caller: `on_round(idx, x)` sees every round's images
     as soon as they are decoded (rounds run last-first) and may raise (pipeline's block checks);
     with several worker groups this process calls it as each round completes in every group, and
-    raising there stops all workers.
+    raising there stops all workers. With a torchrun `team`, each rank decodes its share of the
+    groups and rank 0 gets every pixel (the other ranks get None); there `on_round` sees the
+    rounds (last first) once every rank is done.
     """
     layout = ChainLayout(n_images, len(chain_words))
     backend = backend if backend is not None else FloatBackend(model, latent_bits)
     model.eval()
+    if team is not None:
+        return _decode_as_team(backend, chain_words, layout, image_shape, plain_images, progress, workers,
+                               on_round, team, importance_samples=importance_samples, cheap_start=cheap_start)
     groups = chain_groups(layout.n_chains, workers if backend.batch_invariant else 1)
     out = (shared_array if len(groups) > 1 else np.zeros)((n_images, *image_shape), np.uint8)
     plain = np.unique(np.asarray(plain_images, dtype=np.int64))
@@ -469,4 +499,33 @@ def decode_images(model: VAE, chain_words: list[np.ndarray], n_images: int, imag
     # from the groups' progress (their pixels are in the shared `out`) and calls on_round on them
     merged = _CompleteRounds(layout, groups, out, on_round) if on_round is not None and len(groups) > 1 else None
     run_jobs(jobs, progress, job_progress=merged)
+    return out
+
+
+def _decode_group_pixels(backend: Backend, chain_words: list[np.ndarray], layout: ChainLayout, plain: np.ndarray,
+                         out: np.ndarray, c0: int, c1: int, progress: Callable[[int], None],
+                         **coding) -> list[np.ndarray]:
+    _decode_group(backend, chain_words, layout, plain, out, c0, c1, progress, **coding)
+    return [np.ascontiguousarray(out[_group_images(layout, c0, c1)])]
+
+
+def _decode_as_team(backend: Backend, chain_words: list[np.ndarray], layout: ChainLayout, image_shape: tuple,
+                    plain_images: list[int], progress, workers: int, on_round, team,
+                    **coding) -> np.ndarray | None:
+    """`decode_images` over the ranks of a torchrun team: groups as in `encode_images`."""
+    groups = chain_groups(layout.n_chains, team.size * workers if backend.batch_invariant else 1)
+    local = len(team.share(len(groups)))
+    out = (shared_array if local > 1 else np.zeros)((layout.n_images, *image_shape), np.uint8)
+    plain = np.unique(np.asarray(plain_images, dtype=np.int64))
+    parts = run_team_jobs([functools.partial(_decode_group_pixels, backend, chain_words, layout, plain, out, c0, c1,
+                                             **coding)
+                           for c0, c1 in groups], team, progress)
+    if parts is None:
+        return None
+    for (c0, c1), (pixels,) in zip(groups, parts):
+        out[_group_images(layout, c0, c1)] = pixels
+    if on_round is not None:
+        for t in reversed(range(layout.n_rounds)):
+            idx = layout.round_images(t)
+            on_round(idx, out[idx])
     return out

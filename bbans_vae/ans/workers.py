@@ -97,3 +97,21 @@ def run_jobs(jobs: Sequence[Job], progress: Progress | None = None,
             p.join()
         queue.close()
     return results
+
+
+def run_team_jobs(jobs: Sequence[Job], team, progress: Progress | None = None,
+                  to_arrays: Callable[[Any], list] = list, from_arrays: Callable[[list], Any] = list) -> list | None:
+    """`run_jobs` spread over the ranks of a torchrun `team` (`distributed.Team`): each rank runs
+    its contiguous share of `jobs` (in forked workers, as `run_jobs`), and rank 0 gets every
+    result in order (None on the other ranks). Results cross ranks as arrays: `to_arrays(result)`
+    makes a list of numpy arrays, `from_arrays(list)` the result again. `progress` counts this
+    rank's share. An error on any rank is raised on that rank and on rank 0."""
+    from ..distributed import gather_results
+    mine = team.share(len(jobs))
+    local, error = None, None
+    try:
+        local = [to_arrays(r) for r in run_jobs([jobs[k] for k in mine], progress)] if len(mine) else []
+    except Exception as e:                                  # sent to rank 0, then raised here too
+        error = e
+    got = gather_results(team, local, error)
+    return None if got is None else [from_arrays(job) for rank_jobs in got for job in rank_jobs]
