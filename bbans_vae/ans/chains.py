@@ -229,9 +229,14 @@ def _group_rounds(layout: ChainLayout, c0: int, c1: int) -> Iterator[tuple[int, 
             yield t, idx
 
 
+def _coder(words: np.ndarray | None) -> AnsCoder:
+    """A chain's coder: empty, or continuing from the words another run of images left."""
+    return AnsCoder(np.asarray(words, dtype=np.uint32)) if words is not None and len(words) else AnsCoder()
+
+
 def _encode_group(backend: Backend, images: np.ndarray, layout: ChainLayout, c0: int, c1: int,
-                  progress: Callable[[int], None]) -> tuple:
-    chains = [AnsCoder() for _ in range(c1 - c0)]
+                  progress: Callable[[int], None], start_words: list | None = None) -> tuple:
+    chains = [_coder(None if start_words is None else start_words[c]) for c in range(c0, c1)]
     ideal, plain_idx, plain_q = [], [], []
     with single_thread():
         for _, idx in _group_rounds(layout, c0, c1):
@@ -247,20 +252,21 @@ def _encode_group(backend: Backend, images: np.ndarray, layout: ChainLayout, c0:
 
 def encode_images(model: VAE, images: np.ndarray, n_chains: int, latent_bits: int = DEFAULT_LATENT_BITS,
                   progress: Callable[[int], None] | None = None, backend: Backend | None = None,
-                  workers: int = 1) -> Encoded:
+                  workers: int = 1, start_words: list | None = None) -> Encoded:
     """Code (N, H, W) uint8 pixels ({0,1} for binary models, 0..255 for 8-bit) into C chains.
 
     `backend` (default FloatBackend(model, latent_bits)) supplies the distributions. With
     `workers` > 1 and a batch-invariant backend (the exact path), groups of chains are coded in
     parallel processes: every chain's words, hence the file, are the same for any worker count.
+    `start_words` (per chain) continues chains that already hold images (`encode_runs`).
     """
     N = images.shape[0]
     layout = ChainLayout(N, max(1, min(n_chains, N)))
     backend = backend if backend is not None else FloatBackend(model, latent_bits)
     model.eval()
     groups = chain_groups(layout.n_chains, workers if backend.batch_invariant else 1)
-    parts = run_jobs([functools.partial(_encode_group, backend, images, layout, c0, c1) for c0, c1 in groups],
-                     progress)
+    parts = run_jobs([functools.partial(_encode_group, backend, images, layout, c0, c1, start_words=start_words)
+                      for c0, c1 in groups], progress)
     ideal = np.zeros(N)
     for (c0, c1), part in zip(groups, parts):
         ideal[np.concatenate([idx for _, idx in _group_rounds(layout, c0, c1)])] = part[2]
@@ -282,9 +288,10 @@ def encode_images(model: VAE, images: np.ndarray, n_chains: int, latent_bits: in
 
 
 def _decode_group(backend: Backend, chain_words: list[np.ndarray], layout: ChainLayout, plain_images: np.ndarray,
-                  out: np.ndarray, c0: int, c1: int, progress: Callable[[int], None], hook=None) -> None:
+                  out: np.ndarray, c0: int, c1: int, progress: Callable[[int], None], hook=None,
+                  keep_rest: bool = False) -> list | None:
     try:
-        chains = [AnsCoder(np.asarray(w, dtype=np.uint32)) for w in chain_words[c0:c1]]
+        chains = [_coder(w) for w in chain_words[c0:c1]]
     except Exception as e:  # constriction rejects e.g. a zero last word
         raise ContainerError(f"corrupt payload: {e}") from None
     with single_thread():
@@ -297,8 +304,11 @@ def _decode_group(backend: Backend, chain_words: list[np.ndarray], layout: Chain
             if hook is not None:
                 hook(idx, out[idx])
             progress(len(idx))
+    if keep_rest:
+        return [c.get_compressed() for c in chains]
     if not all(c.is_empty() for c in chains):
         raise ContainerError("corrupt payload: data left over after the last image")
+    return None
 
 
 class _CompleteRounds:
@@ -328,8 +338,10 @@ class _CompleteRounds:
 def decode_images(model: VAE, chain_words: list[np.ndarray], n_images: int, image_shape: tuple,
                   plain_images: list[int], latent_bits: int = DEFAULT_LATENT_BITS,
                   progress: Callable[[int], None] | None = None, backend: Backend | None = None,
-                  workers: int = 1, on_round: Callable[[np.ndarray, np.ndarray], None] | None = None) -> np.ndarray:
-    """Inverse of `encode_images`: (N, H, W) uint8 symbols. Every chain must end empty.
+                  workers: int = 1, on_round: Callable[[np.ndarray, np.ndarray], None] | None = None,
+                  keep_rest: bool = False):
+    """Inverse of `encode_images`: (N, H, W) uint8 symbols. Every chain must end empty, or with
+    `keep_rest` returns (symbols, the words each chain holds after these images) (`decode_runs`).
 
     A chain that runs dry before its first image or holds bits after it raises ContainerError.
     A chain fed random words does not run dry (it settles at a few hundred valid bits), so the
@@ -345,9 +357,56 @@ def decode_images(model: VAE, chain_words: list[np.ndarray], n_images: int, imag
     out = (shared_array if len(groups) > 1 else np.zeros)((n_images, *image_shape), np.uint8)
     plain = np.unique(np.asarray(plain_images, dtype=np.int64))
     jobs = [functools.partial(_decode_group, backend, chain_words, layout, plain, out, c0, c1,
-                              hook=on_round if len(groups) == 1 else None) for c0, c1 in groups]
+                              hook=on_round if len(groups) == 1 else None, keep_rest=keep_rest) for c0, c1 in groups]
     # with several groups a round spans every group's chains: this process reassembles whole rounds
     # from the groups' progress (their pixels are in the shared `out`) and calls on_round on them
     merged = _CompleteRounds(layout, groups, out, on_round) if on_round is not None and len(groups) > 1 else None
-    run_jobs(jobs, progress, job_progress=merged)
-    return out
+    rests = run_jobs(jobs, progress, job_progress=merged)
+    return (out, [w for part in rests for w in part]) if keep_rest else out
+
+
+# ----------------------------------------------------------------------------- images of several sizes
+
+
+def encode_runs(runs: list[tuple[Backend, np.ndarray]], n_chains: int,
+                progress: Callable[[int], None] | None = None, workers: int = 1) -> Encoded:
+    """Code runs of images of different sizes (any-size models): run r, an (n_r, H_r, W_r[, C])
+    array coded with its backend, continues the C chains where run r-1 left them, its image j on
+    chain j % min(C, n_r). Bits back carry over from run to run; plain images are numbered in
+    the file's image order."""
+    words: list = [None] * n_chains
+    ideal, plain, initial, offset = [], [], 0.0, 0
+    for backend, images in runs:
+        enc = encode_images(backend.model, images, n_chains, progress=progress, backend=backend,
+                            workers=workers, start_words=words)
+        words[:len(enc.chain_words)] = enc.chain_words
+        ideal.append(enc.ideal_bits)
+        plain.extend(offset + i for i in enc.plain_images)
+        initial += enc.initial_bits
+        offset += len(images)
+    words = [np.zeros(0, np.uint32) if w is None else w for w in words]
+    return Encoded(chain_words=words, plain_images=plain, ideal_bits=np.concatenate(ideal), initial_bits=initial,
+                   payload_bits=sum(int(_coder(w).num_valid_bits()) for w in words))
+
+
+def decode_runs(runs: list[tuple[Backend, int, tuple]], chain_words: list[np.ndarray], plain_images: list[int],
+                progress: Callable[[int], None] | None = None, workers: int = 1,
+                on_round: Callable[[np.ndarray, np.ndarray], None] | None = None) -> list[np.ndarray]:
+    """Inverse of `encode_runs`, runs (backend, count, image shape) -> one symbol array per run.
+    Runs are decoded last-first; `on_round` gets the file's image indices."""
+    words = list(chain_words)
+    plain = np.asarray(plain_images, dtype=np.int64)
+    starts = np.cumsum([0] + [n for _, n, _ in runs])
+    outs: list = [None] * len(runs)
+    for r in reversed(range(len(runs))):
+        backend, n, shape = runs[r]
+        lo = int(starts[r])
+        hook = None if on_round is None else (lambda idx, x, lo=lo: on_round(idx + lo, x))
+        local = plain[(plain >= lo) & (plain < lo + n)] - lo
+        C = min(len(words), n)
+        outs[r], rest = decode_images(backend.model, words[:C], n, shape, list(local), progress=progress,
+                                      backend=backend, workers=workers, on_round=hook, keep_rest=True)
+        words[:C] = rest
+    if any(len(w) for w in words):
+        raise ContainerError("corrupt payload: data left over after the last image")
+    return outs
