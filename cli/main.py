@@ -384,7 +384,7 @@ def encode(inputs, output, model_ref, chains, latent_bits, refine_steps, coder_p
 
     out = Path(output)
     check_output_file(out, force)          # before the work: exists, not a regular file, not writable
-    images = read_inputs([Path(p) for p in inputs])
+    images = read_inputs([Path(p) for p in inputs], mixed_sizes=True)
     if model_ref is None:
         model_ref = default_model_name(images.pixels)
     model, config = _load_for_coding(model_ref)
@@ -401,7 +401,8 @@ def encode(inputs, output, model_ref, chains, latent_bits, refine_steps, coder_p
     if as_json:
         echo_json(report)
     else:
-        size = "x".join(str(s) for s in images.pixels.shape[1:])
+        mixed = isinstance(images.pixels, list)
+        size = "of several sizes" if mixed else "x".join(str(s) for s in images.pixels.shape[1:])
         click.echo(f"{report['n_images']} images {size} -> {out} ({len(data):,} bytes): "
                    f"{report['actual_bpd']:.4f} bpd"
                    + (f" (model -ELBO {report['neg_elbo_bpd']:.4f} bpd)" if elbo else "") + ", "
@@ -452,12 +453,16 @@ def decode(input_file, output, fmt, model_ref, force, max_memory, max_output, tr
     from bbans_vae.checkpoint import load_checkpoint, locate_model
     from bbans_vae.pipeline import check_decodable, decompress_parsed
     from bbans_vae.container import read_file
+    from bbans_vae.errors import InputError
     from bbans_vae.limits import LimitError, default_max_memory
 
     out = Path(output)
     cap = max_memory if max_memory is not None else default_max_memory()
     header, chains = read_file(Path(input_file), max_bytes=cap)
     names = header.image_names()
+    if header.shapes and fmt == "npy":
+        raise InputError("this file holds images of several sizes, which one .npy array cannot hold; "
+                         "decode it with --format png")
     check_output_dir(out, output_files(names, fmt), force)        # before the work
     disk = shutil.disk_usage(out if out.is_dir() else _existing_parent(out)).free
     if header.output_bytes > disk:
