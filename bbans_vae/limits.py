@@ -18,6 +18,7 @@ bundled models (benchmarks/results/fuzz/README.md): the estimate is 1.4-2.9x the
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 
@@ -152,9 +153,12 @@ def decode_memory_bytes(cfg, n_chains: int, latent_bits: int, output_bytes: int,
     k = {"bernoulli": 1, "gaussian": 2}.get(cfg.likelihood, 3 * cfg.mixtures)
     setup = 0
     if exact:
-        setup = _SETUP_LATENTS * _ACT_COPIES * 8 * (_widest_activation(cfg) + P * k)
+        # calibration runs at the model's size; conv models calibrate once at 32 x 32 for all sizes
+        cal = dataclasses.replace(cfg, image_shape=(32, 32)) if cfg.arch == "conv" else cfg
+        P_cal = cal.n_pixels
+        setup = _SETUP_LATENTS * _ACT_COPIES * 8 * (_widest_activation(cal) + P_cal * k)
         if cfg.context_channels:
-            setup += 3 * _SETUP_CONTEXT * P * 9 * max(cfg.context_channels, k + 2) * 8 // 2
+            setup += 3 * _SETUP_CONTEXT * P_cal * 9 * max(cfg.context_channels, k + 2) * 8 // 2
     return (_BASE_BYTES + 2 * file_bytes + 3 * output_bytes + _MODEL_BYTES_PER_PARAM * params + setup
             + n_chains * _round_bytes_per_chain(cfg, latent_bits))
 
