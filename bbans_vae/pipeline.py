@@ -21,7 +21,7 @@ from . import limits
 from .container import (ENGINES, Header, block_digests, file_block_ranges, images_digest, machine_fingerprint,
                         name_problem, pack, pixels_digest, printable, run_block_digests, unpack)
 from .errors import ContainerError, InputError
-from .models import VAE
+from .models import VAE, sized_model
 from .objectives import dataset_neg_elbo_bits
 
 ENGINE = f"constriction {constriction.__version__}" if hasattr(constriction, "__version__") else "constriction 0.5.0"
@@ -125,14 +125,6 @@ def image_runs(images) -> list[np.ndarray]:
             runs.append(np.stack(images[start:i]))
             start = i
     return runs
-
-
-def sized_model(model: VAE, image_shape: tuple) -> VAE:
-    """The model for images of `image_shape` (H, W[, C]): an any-size (conv) model's weights at
-    that H x W; any other model as it is (`model_symbols` then refuses other sizes)."""
-    if model.cfg.any_size and len(image_shape) >= 2:
-        return model.at(*image_shape[:2])
-    return model
 
 
 def _sizes_error(model: VAE, runs: list[np.ndarray]) -> InputError:

@@ -216,3 +216,21 @@ def test_a_photo_sized_image_codes_exactly_within_the_memory_estimate(codec, dig
     # is chain-start cost; the rest (measured 0.27 bpd) is its -ELBO-like code length
     assert rep["initial_bits"] / rep["n_dims"] > 1.5
     assert (rep["actual_bits"] - rep["initial_bits"]) / rep["n_dims"] < 0.35
+
+
+def test_eval_and_bench_take_a_dataset_of_another_size(tmp_path, codec, digits):
+    """eval and bench use an any-size model on a dataset of other-sized images (here 13x37)."""
+    import json
+    x = crops(digits, 40)
+    np.save(tmp_path / "crops.npy", x)
+    res = run("eval", CONV_BIN, "-d", tmp_path / "crops.npy", "--json")
+    assert res.exit_code == 0, res.output
+    ev = json.loads(res.output)
+    _, rep = codec.compress(x, report=True)
+    assert ev["n_images"] == 40 and abs(ev["neg_elbo_bpd"] - rep["neg_elbo_bpd"]) < 0.02 * rep["neg_elbo_bpd"]
+    res = run("bench", "-d", tmp_path / "crops.npy", "-m", CONV_BIN, "--no-classical", "--chains", "",
+              "--json", tmp_path / "bench.json", "-o", tmp_path / "bench")
+    assert res.exit_code == 0, res.output
+    bench = json.loads((tmp_path / "bench.json").read_text())
+    assert bench["all_verified"] and (tmp_path / "bench" / "bpd_crops.npy.png").is_file()
+    one_error(run("eval", "mnist-bin", "-d", tmp_path / "crops.npy"), "28x28", "13x37")

@@ -24,10 +24,10 @@ from __future__ import annotations
 
 from .config import ModelConfig
 from .context import ContextVAE, checkerboard_phases, coding_phases
-from .conv import ConvContextVAE, ConvVAE
+from .conv import ConvContextVAE, ConvVAE, sized_model
 from .likelihoods import LN2
 from .presets import ARCHITECTURES, PRESETS, build_model, preset_config
 from .vae import SIGMA_FLOOR, VAE, count_parameters
 
 __all__ = ["ARCHITECTURES", "ContextVAE", "ConvContextVAE", "ConvVAE", "LN2", "ModelConfig", "PRESETS", "SIGMA_FLOOR", "VAE", "build_model",
-           "checkerboard_phases", "coding_phases", "count_parameters", "preset_config"]
+           "checkerboard_phases", "coding_phases", "count_parameters", "preset_config", "sized_model"]

@@ -102,6 +102,14 @@ class ConvVAE(VAE):
         return out.reshape(B, C, k, H, W).permute(0, 3, 4, 1, 2).reshape(B, H * W * C * k)
 
 
+def sized_model(model: VAE, image_shape: tuple) -> VAE:
+    """The model for images of `image_shape` (H, W[, C]): an any-size (conv) model's weights at
+    that H x W; any other model as it is (callers refuse other sizes with its size named)."""
+    if model.cfg.any_size and len(image_shape) >= 2:
+        return model.at(*image_shape[:2])
+    return model
+
+
 class ConvContextVAE(ContextVAE, ConvVAE):
     """A colour ConvVAE: channel c of a pixel is coded given channels < c (the colour models' order,
     ContextVAE with 1x1 convolutions), the latents and decoder as in ConvVAE."""
