@@ -164,6 +164,9 @@ def model_symbols(model: VAE, pixels: np.ndarray) -> tuple[np.ndarray, int]:
         raise InputError(f"expected an (N, H, W) or (N, H, W, C) uint8 array, got {pixels.dtype} {pixels.shape}")
     if tuple(pixels.shape[1:]) != model.cfg.array_shape:
         c = pixels.shape[3] if pixels.ndim == 4 else 1
+        if model.cfg.any_size:
+            raise InputError(f"images have {c} channel{'s' if c > 1 else ''} but the model codes "
+                             f"{model.cfg.channels}-channel images (of any size)")
         channels = f" ({c} channels, the model {model.cfg.channels})" if c != model.cfg.channels else ""
         raise InputError(f"images are {_shape_text(pixels.shape[1:])}{channels} but the model codes "
                          f"{_shape_text(model.cfg.array_shape)} images")

@@ -370,7 +370,9 @@ def encode(inputs, output, model_ref, chains, latent_bits, refine_steps, coder_p
     """Compress images losslessly into one .vae file.
 
     INPUT: PNG files (gray or RGB), folders of PNGs (sorted by name), .npy arrays (N,H,W) or
-    (N,H,W,3) uint8, or IDX files (e.g. t10k-images-idx3-ubyte.gz). Pixels are restored exactly by
+    (N,H,W,3) uint8, or IDX files (e.g. t10k-images-idx3-ubyte.gz). Images of several sizes go
+    into one file with a conv model (presets conv-bin, conv-8bit: any size); other models code
+    the one size they were trained on. Pixels are restored exactly by
     `decode`; PNG metadata (text chunks, gamma, palette, bit depth) is not kept, only the 8-bit
     gray or RGB values.
 

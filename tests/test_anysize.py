@@ -234,3 +234,34 @@ def test_eval_and_bench_take_a_dataset_of_another_size(tmp_path, codec, digits):
     bench = json.loads((tmp_path / "bench.json").read_text())
     assert bench["all_verified"] and (tmp_path / "bench" / "bpd_crops.npy.png").is_file()
     one_error(run("eval", "mnist-bin", "-d", tmp_path / "crops.npy"), "28x28", "13x37")
+
+
+def test_train_a_colour_conv_model_and_code_other_sizes_through_the_cli(tmp_path):
+    """train -m conv-8bit on 12x12 RGB images, then encode a folder of 12x12, 7x19 and 30x5 RGB
+    PNGs into one file (default exact path) and decode it exactly."""
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 256, (1, 1, 1, 3))
+    train = np.clip(base + rng.integers(-20, 21, (24, 12, 12, 3)), 0, 255).astype(np.uint8)
+    np.save(tmp_path / "train.npy", train)
+    run_dir = tmp_path / "run"
+    res = run("train", "-d", tmp_path / "train.npy", "-m", "conv-8bit", "--hidden", "8", "--latent-dim", "2",
+              "-e", "1", "-o", run_dir, "-q", "--holdout", "0.25")
+    assert res.exit_code == 0, res.output
+    src = tmp_path / "pngs"
+    src.mkdir()
+    images = {f"im{i}": np.clip(base[0] + rng.integers(-20, 21, (*hw, 3)), 0, 255).astype(np.uint8)
+              for i, hw in enumerate([(12, 12), (7, 19), (30, 5), (7, 19)])}
+    for name, img in images.items():
+        Image.fromarray(img).save(src / f"{name}.png")
+    res = run("encode", src, "-o", tmp_path / "rgb.vae", "--model", run_dir, "--json")
+    assert res.exit_code == 0, res.output
+    h, _ = unpack((tmp_path / "rgb.vae").read_bytes())
+    assert h.coder_path == "exact" and h.shapes == [(1, 12, 12, 3), (1, 7, 19, 3), (1, 30, 5, 3), (1, 7, 19, 3)]
+    res = run("decode", tmp_path / "rgb.vae", "-o", tmp_path / "out", "--model", run_dir)
+    assert res.exit_code == 0, res.output
+    for name, img in images.items():
+        assert np.array_equal(np.asarray(Image.open(tmp_path / "out" / f"{name}.png")), img), name
+    gray = tmp_path / "gray.png"
+    Image.fromarray(images["im1"][..., 0]).save(gray)
+    one_error(run("encode", gray, "-o", tmp_path / "g.vae", "--model", run_dir),
+              "images have 1 channel but the model codes 3-channel images (of any size)")
