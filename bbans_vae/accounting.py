@@ -48,9 +48,9 @@ def sizes_of(header: Header, chains: list, actual_bits: int, *, initial_bits: fl
 
     n_dims = images x H x W x `channels`: the version-1 header holds H and W only; the channel
     count is the model's (the encoder passes it); version 2 of the header stores it, and that wins."""
-    if header.version >= 2:
-        channels = header.channels
     dims = header.n_images * header.height * header.width * channels
+    if header.version >= 2:                             # stores C, and the shape runs
+        dims = header.output_bytes
     payload_bits = sum(chain_valid_bits(w) for w in chains)
     sizes = {"n_images": header.n_images, "n_dims": dims, "chains": header.n_chains,
              "plain_images": len(header.plain_images), "actual_bits": actual_bits,

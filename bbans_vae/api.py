@@ -51,20 +51,23 @@ class Codec:
     def compress(self, images, *, report=False, chains=None, latent_bits=DEFAULT_LATENT_BITS, coder_path=None,
                  refine_steps=0, names=None, importance_samples=1, start="auto"):
         """(N, H, W) uint8 images -> the bytes of a .vae file. Binary models take 0/1 or 0/255.
+        Any-size (conv) models also take a list of (H, W[, C]) images of several sizes (one file).
 
         With `report=True`, returns (bytes, report): the file's sizes (`file_sizes` keys, plus the
         encoder's estimates and the model's -ELBO, which costs a second forward pass) and timing.
         `importance_samples` K > 1 codes with the coupled K-sample (IWAE) bound; `start` is how
         chain-start images code their latent ("auto", "plain", "cheap"; `pipeline.compress`).
         """
-        data, rep = _compress(self.model, self.name, self.weights_sha256, np.asarray(images),
+        images = images if isinstance(images, list) else np.asarray(images)    # a list: images of several sizes
+        data, rep = _compress(self.model, self.name, self.weights_sha256, images,
                               names=None if names is None else list(names), n_chains=chains,
                               latent_bits=latent_bits, with_neg_elbo=report, refine_steps=refine_steps,
                               coder_path=coder_path, importance_samples=importance_samples, start=start)
         return (data, rep) if report else data
 
     def decompress(self, data: bytes) -> np.ndarray:
-        """The images of a file written with this model, exactly as given to `compress`."""
+        """The images of a file written with this model, exactly as given to `compress` (a list of
+        arrays, one per image, for a file of several sizes)."""
         return _decompress(bytes(data), self.model, self.weights_sha256)[0]
 
 

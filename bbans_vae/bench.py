@@ -40,7 +40,7 @@ from .pipeline import compress, decompress, default_chains
 from .data import open_dataset
 from .errors import VaeCompressError
 from .evaluate import fits
-from .models import VAE, count_parameters
+from .models import VAE, count_parameters, sized_model
 from .objectives import dataset_neg_elbo_bits
 
 __all__ = ["DATASETS", "QUICK", "PROTOCOLS", "BenchSettings", "run_bench", "headline"]
@@ -178,6 +178,7 @@ def forward_seconds(model: VAE, images: np.ndarray, n_chains: int, file_images: 
     """
     n = len(images)
     file_images = n if file_images is None else file_images
+    model = sized_model(model, images.shape[1:])
     model.eval()
     total = 0.0
     with single_thread(), torch.inference_mode():
@@ -331,7 +332,8 @@ class _Plan:
         self.datasets[d]["rows"].extend(rows)
 
     def neg_elbo(self, d: str, m: _Model) -> None:
-        self.nelbo[(d, m.name)] = dataset_neg_elbo_bits(m.model, self.images[d])
+        images = self.images[d]
+        self.nelbo[(d, m.name)] = dataset_neg_elbo_bits(sized_model(m.model, images.shape[1:]), images)
 
     def code(self, d: str, m: _Model, proto: str, n_refine: int) -> None:
         x, nb, lb = self.images[d], self.nelbo[(d, m.name)], self.latent_bits

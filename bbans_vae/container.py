@@ -183,16 +183,58 @@ def block_ranges(n_images: int, n_chains: int, refine_steps: int) -> list[tuple[
     return out
 
 
-def block_count(n_images: int, n_chains: int, refine_steps: int) -> int:
+def run_block_ranges(counts: list[int], n_chains: int, refine_steps: int) -> list[tuple[int, int]]:
+    """`block_ranges` of a file of several shape runs, coded one after another on the same chains
+    (`ans.chains.encode_runs`: run r on min(C, n_r) chains): the rounds of every run in decode
+    order (last run first, each run's rounds last first), grouped R, 2R, 4R, ... rounds a block."""
+    rounds, offset = [], 0
+    for n in counts:
+        C = max(1, min(n_chains, n))
+        rounds.append([(offset + t * C, min(offset + (t + 1) * C, offset + n)) for t in range(-(-n // C))])
+        offset += n
+    order = [r for run in reversed(rounds) for r in reversed(run)]
+    size, out, i = block_rounds(max(1, min(n_chains, offset)), refine_steps), [], 0
+    while i < len(order):
+        group = order[i:i + size]
+        out.append((group[-1][0], group[0][1]))
+        i, size = i + size, 2 * size
+    return out
+
+
+def file_block_ranges(n_images: int, n_chains: int, refine_steps: int,
+                      counts: list[int] | None = None) -> list[tuple[int, int]]:
+    """The checked blocks of a file: `block_ranges`, or `run_block_ranges` for several shape runs."""
+    if counts is not None and len(counts) > 1:
+        return run_block_ranges(counts, n_chains, refine_steps)
+    return block_ranges(n_images, n_chains, refine_steps)
+
+
+def block_count(n_images: int, n_chains: int, refine_steps: int, counts: list[int] | None = None) -> int:
     """Checksums stored: one per block when there is more than one block, else none."""
-    n = len(block_ranges(n_images, n_chains, refine_steps))
+    n = len(file_block_ranges(n_images, n_chains, refine_steps, counts))
     return n if n > 1 else 0
+
+
+def images_digest(images, n: int = 8) -> bytes:
+    """`pixels_digest` of a list of images of any shapes: sha256 of their bytes one after another
+    (for one array the same as pixels_digest of the array)."""
+    h = hashlib.sha256()
+    for a in images:
+        h.update(memoryview(np.ascontiguousarray(a, dtype=np.uint8)).cast("B"))
+    return h.digest()[:n]
 
 
 def block_digests(pixels: np.ndarray, n_chains: int, refine_steps: int) -> bytes:
     if not block_count(len(pixels), n_chains, refine_steps):
         return b""
     return b"".join(pixels_digest(pixels[lo:hi], 2) for lo, hi in block_ranges(len(pixels), n_chains, refine_steps))
+
+
+def run_block_digests(images: list[np.ndarray], counts: list[int], n_chains: int, refine_steps: int) -> bytes:
+    """`block_digests` of a file of several shape runs; `images` one array per image."""
+    if not block_count(len(images), n_chains, refine_steps, counts):
+        return b""
+    return b"".join(images_digest(images[lo:hi], 2) for lo, hi in run_block_ranges(counts, n_chains, refine_steps))
 
 
 # ----------------------------------------------------------------------------- names and display
@@ -494,7 +536,7 @@ def _parse_v2(r: _Reader, version: int = 2) -> Header:
     elif mode == NAMES_EXPLICIT:
         names = _explicit_names(r, n_images)
     pixels_sha = r.take(digest)
-    checks = r.take(2 * block_count(n_images, len(chain_words), refine_steps))
+    checks = r.take(2 * block_count(n_images, len(chain_words), refine_steps, [run[0] for run in runs]))
     (crc,) = struct.unpack("<I", r.take(4))
     if r.pos != len(r.data):
         raise ContainerError("corrupt header: unexpected bytes at its end")

@@ -16,14 +16,17 @@ from .ans.chains import chain_groups, single_thread
 from .ans.workers import run_jobs
 from .data import Dataset, DatasetSpec, open_dataset
 from .errors import ModelError
-from .models import VAE, ModelConfig
+from .models import VAE, ModelConfig, sized_model
 from .objectives import dataset_iwae_bits, dataset_neg_elbo_bits
 
 
 def fits(cfg: ModelConfig, spec: DatasetSpec | Dataset) -> bool:
     """Whether a model codes a dataset's images (built-in spec or opened dataset): same pixel
-    kind and image shape."""
-    return cfg.pixel_kind == spec.pixel_kind and cfg.array_shape == tuple(spec.image_shape)
+    kind and image shape (any-size models: same channel count)."""
+    shape = tuple(spec.image_shape)
+    if cfg.any_size:
+        return cfg.pixel_kind == spec.pixel_kind and (shape[2] if len(shape) == 3 else 1) == cfg.channels
+    return cfg.pixel_kind == spec.pixel_kind and cfg.array_shape == shape
 
 
 def check_compatible(model: VAE, dataset: Dataset) -> None:
@@ -63,6 +66,7 @@ def evaluate(model: VAE, dataset: Dataset | str, split: str | None = None, data_
     the same numbers for any count. `progress(n)` reports images done."""
     ds = open_dataset(dataset, data_root=data_dir) if isinstance(dataset, str) else dataset
     check_compatible(model, ds)
+    model = sized_model(model, tuple(ds.image_shape))
     split = split or ds.eval_split
     images = ds.images(split)
     if limit is not None:

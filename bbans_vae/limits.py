@@ -18,6 +18,7 @@ bundled models (benchmarks/results/fuzz/README.md): the estimate is 1.4-2.9x the
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 
@@ -103,7 +104,7 @@ def check_model_size(cfg) -> int:
 def table_entries(cfg, n_chains: int, latent_bits: int) -> int:
     """Entries of the largest per-round table: posterior buckets or pixel tables, all lanes."""
     per_pixel = 256 if cfg.likelihood == "logistic" else 2
-    return n_chains * max(cfg.latent_dim << latent_bits, cfg.n_pixels * per_pixel * cfg.mixtures)
+    return n_chains * max(cfg.n_latents << latent_bits, cfg.n_pixels * per_pixel * cfg.mixtures)
 
 
 # Coefficients fitted to peaks measured with /usr/bin/time-like ru_maxrss on the bundled models
@@ -119,13 +120,21 @@ _SETUP_CONTEXT = 64      # exact path: calibration images through the context ne
 _BASE_BYTES = 64 << 20   # allocator slack, torch's first-call workspaces
 
 
+def _widest_activation(cfg) -> int:
+    """Activation values per image of the widest hidden layer: an MLP's width, or for a conv
+    model its width times the 9 im2col taps over the block grid."""
+    if cfg.arch != "conv":
+        return max(cfg.hidden, default=0)
+    return 9 * max(cfg.hidden, default=0) * (cfg.n_latents // cfg.latent_dim)
+
+
 def _round_bytes_per_chain(cfg, latent_bits: int) -> int:
-    P, D = cfg.n_pixels, cfg.latent_dim
+    P, D = cfg.n_pixels, cfg.n_latents
     k = {"bernoulli": 1, "gaussian": 2, "logistic": 3 * cfg.mixtures}.get(cfg.likelihood, 3 * cfg.mixtures)
     levels = 256 if cfg.likelihood == "logistic" else 2
     per = 8 * _TABLE_COPIES * D * ((1 << latent_bits) + 1)
     per += 8 * _PIXEL_COPIES * P * max(levels, k)
-    per += 8 * _ACT_COPIES * (max(cfg.hidden, default=0) + P * k)
+    per += 8 * _ACT_COPIES * (_widest_activation(cfg) + P * k)
     if cfg.context_channels:
         per += 8 * _CONTEXT_COPIES * (P // 2 + 1) * 9 * max(cfg.context_channels, k + 2)
     return per
@@ -145,9 +154,12 @@ def decode_memory_bytes(cfg, n_chains: int, latent_bits: int, output_bytes: int,
     k = {"bernoulli": 1, "gaussian": 2}.get(cfg.likelihood, 3 * cfg.mixtures)
     setup = 0
     if exact:
-        setup = _SETUP_LATENTS * _ACT_COPIES * 8 * (max(cfg.hidden, default=0) + P * k)
+        # calibration runs at the model's size; conv models calibrate once at 32 x 32 for all sizes
+        cal = dataclasses.replace(cfg, image_shape=(32, 32)) if cfg.arch == "conv" else cfg
+        P_cal = cal.n_pixels
+        setup = _SETUP_LATENTS * _ACT_COPIES * 8 * (_widest_activation(cal) + P_cal * k)
         if cfg.context_channels:
-            setup += 3 * _SETUP_CONTEXT * P * 9 * max(cfg.context_channels, k + 2) * 8 // 2
+            setup += 3 * _SETUP_CONTEXT * P_cal * 9 * max(cfg.context_channels, k + 2) * 8 // 2
     return (_BASE_BYTES + 2 * file_bytes + 3 * output_bytes + _MODEL_BYTES_PER_PARAM * params + setup
             + n_chains * _round_bytes_per_chain(cfg, latent_bits))
 

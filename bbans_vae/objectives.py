@@ -75,7 +75,7 @@ def reverse_half_asleep_objective(mode: str = "prior"):
         half = x[: n - n // 2]
         with torch.no_grad():
             if mode == "prior":
-                z = torch.randn(n // 2, model.cfg.latent_dim, generator=gen, device=x.device)
+                z = torch.randn(n // 2, model.cfg.n_latents, generator=gen, device=x.device)
             else:
                 mu, sigma = model.posterior(x[n - n // 2:])
                 z = mu + sigma * torch.randn(mu.shape, generator=gen, device=x.device)

@@ -15,13 +15,13 @@ import torch
 
 from .accounting import sizes_of
 from .ans.backends import FloatBackend
-from .ans.chains import DEFAULT_LATENT_BITS, decode_images, encode_images
+from .ans.chains import DEFAULT_LATENT_BITS, decode_images, decode_runs, encode_images, encode_runs
 from .ans.refine import DEFAULT_REFINE_LR, RefineBackend
 from . import limits
-from .container import (ENGINES, Header, block_digests, block_ranges, machine_fingerprint, name_problem, pack,
-                        pixels_digest, printable, unpack)
+from .container import (ENGINES, Header, block_digests, file_block_ranges, images_digest, machine_fingerprint,
+                        name_problem, pack, pixels_digest, printable, run_block_digests, unpack)
 from .errors import ContainerError, InputError
-from .models import VAE
+from .models import VAE, sized_model
 from .objectives import dataset_neg_elbo_bits
 
 ENGINE = f"constriction {constriction.__version__}" if hasattr(constriction, "__version__") else "constriction 0.5.0"
@@ -95,14 +95,68 @@ def binary_scale(pixels: np.ndarray) -> int | None:
     return None
 
 
-def default_model_name(pixels: np.ndarray) -> str:
-    """The bundled model `encode` and the API use for these pixels: binary or 8-bit."""
-    return DEFAULT_MODELS["8bit" if binary_scale(pixels) is None else "binary"]
+def default_model_name(pixels) -> str:
+    """The bundled model `encode` and the API use for these pixels (an array or a list of images):
+    binary or 8-bit."""
+    seen = np.zeros(256, bool)
+    for run in image_runs(pixels):
+        seen[pixel_values(run)] = True
+    return DEFAULT_MODELS["8bit" if binary_scale(np.flatnonzero(seen).astype(np.uint8)) is None else "binary"]
 
 
 def _shape_text(shape) -> str:
     """"13x37" (H x W) for gray, "13x37x3" (H x W x C) for colour."""
     return "x".join(str(int(s)) for s in shape)
+
+
+def image_runs(images) -> list[np.ndarray]:
+    """Images as runs of one shape, in order: an (N, H, W[, C]) array is one run; a list of
+    (H, W[, C]) uint8 images is cut where the shape changes (any-size models code such lists)."""
+    if isinstance(images, np.ndarray):
+        return [images]
+    images = [np.asarray(a) for a in images]
+    if not images:
+        raise InputError("no images given")
+    for a in images:
+        if a.ndim not in (2, 3) or a.dtype != np.uint8:
+            raise InputError(f"expected (H, W) or (H, W, C) uint8 images, got {a.dtype} {a.shape}")
+    runs, start = [], 0
+    for i in range(1, len(images) + 1):
+        if i == len(images) or images[i].shape != images[start].shape:
+            runs.append(np.stack(images[start:i]))
+            start = i
+    return runs
+
+
+def _sizes_error(model: VAE, runs: list[np.ndarray]) -> InputError:
+    sizes = list(dict.fromkeys(_shape_text(r.shape[1:]) for r in runs))
+    shown = ", ".join(sizes[:4]) + (", ..." if len(sizes) > 4 else "")
+    return InputError(f"images have {len(sizes)} sizes ({shown}) but the model codes "
+                      f"{_shape_text(model.cfg.array_shape)} images only; use a conv model (presets conv-bin, "
+                      "conv-8bit), which codes any size")
+
+
+def runs_symbols(model: VAE, runs: list[np.ndarray]) -> tuple[list[VAE], list[np.ndarray], int]:
+    """Check every run fits the (any-size) model; returns (the model at each run's size, symbols
+    per run, binary_scale over all runs). Raises InputError."""
+    if len(runs) > 1 and not model.cfg.any_size:
+        raise _sizes_error(model, runs)
+    models = [sized_model(model, r.shape[1:]) for r in runs]
+    if len(runs) == 1:
+        symbols, scale = model_symbols(models[0], runs[0])
+        return models, [symbols], scale
+    for m, r in zip(models, runs):
+        model_symbols(m, r[:0])                                 # shape and channel checks only
+    if model.cfg.pixel_kind == "8bit":
+        return models, runs, 0
+    seen = np.zeros(256, bool)
+    for r in runs:
+        seen[pixel_values(r)] = True
+    values = np.flatnonzero(seen).astype(np.uint8)
+    scale = binary_scale(values)
+    if scale is None:
+        raise _not_binary(values)
+    return models, [r if scale == 1 else r // np.uint8(255) for r in runs], scale
 
 
 def model_symbols(model: VAE, pixels: np.ndarray) -> tuple[np.ndarray, int]:
@@ -111,6 +165,9 @@ def model_symbols(model: VAE, pixels: np.ndarray) -> tuple[np.ndarray, int]:
         raise InputError(f"expected an (N, H, W) or (N, H, W, C) uint8 array, got {pixels.dtype} {pixels.shape}")
     if tuple(pixels.shape[1:]) != model.cfg.array_shape:
         c = pixels.shape[3] if pixels.ndim == 4 else 1
+        if model.cfg.any_size:
+            raise InputError(f"images have {c} channel{'s' if c > 1 else ''} but the model codes "
+                             f"{model.cfg.channels}-channel images (of any size)")
         channels = f" ({c} channels, the model {model.cfg.channels})" if c != model.cfg.channels else ""
         raise InputError(f"images are {_shape_text(pixels.shape[1:])}{channels} but the model codes "
                          f"{_shape_text(model.cfg.array_shape)} images")
@@ -121,11 +178,14 @@ def model_symbols(model: VAE, pixels: np.ndarray) -> tuple[np.ndarray, int]:
         return pixels, 1
     if scale == 255:
         return pixels // np.uint8(255), 255
-    values = pixel_values(pixels)
+    raise _not_binary(pixel_values(pixels))
+
+
+def _not_binary(values: np.ndarray) -> InputError:
     bad = values[~np.isin(values, (0, 1, 255))]
     example = int(bad[0]) if len(bad) else 1
-    raise InputError(f"the model codes binary images (values 0/1 or 0/255) but the input has value {example}; "
-                     "binarize it first or use an 8-bit model")
+    return InputError(f"the model codes binary images (values 0/1 or 0/255) but the input has value {example}; "
+                      "binarize it first or use an 8-bit model")
 
 
 def compress(model: VAE, model_name: str, model_sha256_hex: str, pixels: np.ndarray,
@@ -143,15 +203,24 @@ def compress(model: VAE, model_name: str, model_sha256_hex: str, pixels: np.ndar
     "auto" (cheap when every chain codes one image, plain otherwise: files of several images
     per chain stay byte-identical to earlier versions). With a torchrun `team` (`distributed.Team`)
     every rank calls this and codes its share of the chains; rank 0 gets the file, byte-identical
-    to a one-process run, the other ranks (None, None)."""
-    symbols, scale = model_symbols(model, pixels)
-    N = len(pixels)
+    to a one-process run, the other ranks (None, None).
+
+    `pixels`: an (N, H, W[, C]) uint8 array, or for any-size (conv) models also a list of
+    (H, W[, C]) images of several sizes (one file; the header holds the shape runs)."""
+    runs = image_runs(pixels)
+    models, run_symbols, scale = runs_symbols(model, runs)
+    model = models[0]
+    N = sum(len(r) for r in runs)
+    if len(runs) > 1 and (importance_samples > 1 or team is not None):
+        raise InputError("images of several sizes in one file are coded by one process with one sample per "
+                         "latent: drop --importance-samples / torchrun, or encode each size on its own")
     C = default_chains(N) if n_chains is None else n_chains
     if not 1 <= C <= MAX_CHAINS:
         raise InputError(f"--chains must be in 1..{MAX_CHAINS}")
     C = min(C, N)
     try:
-        limits.check_chains(C, model.cfg, latent_bits)
+        for m, r in zip(models, runs):
+            limits.check_chains(min(C, len(r)), m.cfg, latent_bits)
     except limits.LimitError as e:
         raise InputError(str(e)) from None
     if not 0 <= refine_steps <= limits.MAX_REFINE_STEPS:
@@ -181,25 +250,36 @@ def compress(model: VAE, model_name: str, model_sha256_hex: str, pixels: np.ndar
         raise InputError("two images have the same name")
     if coder_path is None:
         coder_path = default_coder_path(model, refine_steps)
-    backend = make_coder_backend(coder_path, model, latent_bits, refine_steps, refine_lr_e4)
+    backends = [make_coder_backend(coder_path, m, latent_bits, refine_steps, refine_lr_e4) for m in models]
     t0 = time.perf_counter()
-    enc = encode_images(model, symbols, C, latent_bits, progress, backend=backend, workers=workers,
-                        importance_samples=importance_samples, cheap_start=cheap_start, team=team)
-    if enc is None:                                         # a torchrun rank other than 0
-        return None, None
+    if len(runs) == 1:
+        enc = encode_images(model, run_symbols[0], C, latent_bits, progress, backend=backends[0], workers=workers,
+                            importance_samples=importance_samples, cheap_start=cheap_start, team=team)
+        if enc is None:                                     # a torchrun rank other than 0
+            return None, None
+    else:
+        enc = encode_runs(list(zip(backends, run_symbols)), C, progress, workers)
     seconds = time.perf_counter() - t0
+    counts = [len(r) for r in runs]
+    if len(runs) == 1:
+        digest, checks = pixels_digest(runs[0]), block_digests(runs[0], len(enc.chain_words), refine_steps)
+    else:
+        images = [a for r in runs for a in r]
+        digest, checks = images_digest(images), run_block_digests(images, counts, len(enc.chain_words), refine_steps)
     header = Header(model_name=model_name, model_sha256=bytes.fromhex(model_sha256_hex)[:8], engine=ENGINE,
                     torch_version=torch.__version__, coder_path=coder_path, pixel_kind=model.cfg.pixel_kind,
-                    binary_scale=scale, height=pixels.shape[1], width=pixels.shape[2], n_images=N,
+                    binary_scale=scale, height=runs[0].shape[1], width=runs[0].shape[2], n_images=N,
                     latent_bits=latent_bits, refine_steps=refine_steps, refine_lr_e4=refine_lr_e4 if refine_steps else 0,
                     chain_words=[len(w) for w in enc.chain_words],
                     plain_images=enc.plain_images, names_stem=None if names is not None else names_stem,
-                    names=names, pixels_sha256=pixels_digest(pixels),
+                    names=names, pixels_sha256=digest,
                     machine=machine_fingerprint() if coder_path == "float32" else None,
-                    block_checks=block_digests(pixels, len(enc.chain_words), refine_steps),
-                    channels=model.cfg.channels, importance_samples=importance_samples, cheap_start=cheap_start)
+                    block_checks=checks, channels=model.cfg.channels,
+                    shapes=[(n, *m.cfg.image_shape, m.cfg.channels) for n, m in zip(counts, models)]
+                    if len(runs) > 1 else None, importance_samples=importance_samples, cheap_start=cheap_start)
     data = pack(header, enc.chain_words)
-    nelbo = float(dataset_neg_elbo_bits(model, symbols).sum()) if with_neg_elbo else None
+    nelbo = (float(sum(dataset_neg_elbo_bits(m, x).sum() for m, x in zip(models, run_symbols)))
+             if with_neg_elbo else None)
     report = sizes_of(header, enc.chain_words, 8 * len(data), initial_bits=enc.initial_bits,
                       ideal_bits=enc.ideal_bits_total, neg_elbo_bits=nelbo, channels=model.cfg.channels)
     report.update(refine_steps=refine_steps, latent_bits=latent_bits, coder_path=coder_path,
@@ -216,7 +296,8 @@ def decompress(data: bytes, model: VAE, model_sha256_hex: str,
                progress: Callable[[int], None] | None = None,
                batch_split: int | None = None, workers: int = 1,
                max_memory: int | None = None) -> tuple[np.ndarray, Header, dict]:
-    """Decode a container with `model`; verifies model hash and pixel checksums. Pixels as given.
+    """Decode a container with `model`; verifies model hash and pixel checksums. Pixels as given:
+    an (N, H, W[, C]) array, or a list of per-image arrays for a file of several shapes.
 
     `batch_split` (exact coder path only) runs the networks on sub-batches of that many chains;
     `workers` processes decode groups of chains in parallel (exact coder path).
@@ -247,31 +328,37 @@ def check_decodable(header: Header, model: VAE, model_sha256_hex: str, max_memor
                              "encoder's checkpoint")
     if header.engine != ENGINE:
         raise ContainerError(f"this file was written with {printable(header.engine)}; this install has {ENGINE}")
-    if header.shapes:
+    if header.shapes and not model.cfg.any_size:
         raise ContainerError("this file holds images of several shapes; this model codes "
                              f"{model.cfg.image_shape[0]}x{model.cfg.image_shape[1]} images")
     # version 2 stores the channel count; version 1 holds H and W only (the model's hash pins C)
-    if header.version >= 2 and header.channels != model.cfg.channels:
+    if header.version >= 2 and any(c != model.cfg.channels for _, _, _, c in header.shape_runs):
         raise ContainerError(f"header says {header.channels}-channel images; the model codes {model.cfg.channels}")
-    if header.pixel_kind != model.cfg.pixel_kind or header.image_shape != tuple(model.cfg.image_shape):
+    shape_ok = model.cfg.any_size or header.image_shape == tuple(model.cfg.image_shape)
+    if header.pixel_kind != model.cfg.pixel_kind or not shape_ok:
         raise ContainerError(f"header says {header.pixel_kind} {header.height}x{header.width} images; "
                              "the model does not code those")
+    models = [sized_model(model, (h, w)) for _, h, w, _ in header.shape_runs]
     try:
-        limits.check_chains(header.n_chains, model.cfg, header.latent_bits, what="the file's chain count")
+        for m, (n, *_) in zip(models, header.shape_runs):
+            limits.check_chains(min(header.n_chains, n) if header.shapes else header.n_chains, m.cfg,
+                                header.latent_bits, what="the file's chain count")
     except limits.LimitError as e:
         raise ContainerError(f"corrupt header: {e}") from None
     max_images = 32 * sum(header.chain_words) + header.n_chains
     if header.n_images > max_images:
         raise ContainerError(f"corrupt header: {header.n_images} images cannot fit in {sum(header.chain_words)} words")
-    output_bytes = header.n_images * model.cfg.n_pixels       # H x W x C per image (v1 headers hold no C)
+    # H x W x C per image (v1 headers hold no C; any-size models are newer than version 2)
+    output_bytes = header.output_bytes if model.cfg.any_size else header.n_images * model.cfg.n_pixels
     if max_output_bytes is not None and output_bytes > max_output_bytes:
         raise limits.LimitError(f"this file decodes to {output_bytes:,} bytes of pixels, more than "
                                 f"--max-output-bytes {max_output_bytes:,}")
-    need = limits.decode_memory_bytes(model.cfg, header.n_chains * header.importance_samples, header.latent_bits,
-                                      output_bytes,
-                                      header.header_bytes + 4 * sum(header.chain_words),
-                                      exact=header.coder_path == "exact",
-                                      n_parameters=sum(p.numel() for p in model.parameters()))
+    n_parameters = sum(p.numel() for p in model.parameters())
+    need = max(limits.decode_memory_bytes(m.cfg, header.n_chains * header.importance_samples,
+                                          header.latent_bits, output_bytes,
+                                          header.header_bytes + 4 * sum(header.chain_words),
+                                          exact=header.coder_path == "exact", n_parameters=n_parameters)
+               for m in models)
     limits.check_decode_memory(need, max_memory)
     return need
 
@@ -281,7 +368,9 @@ class _BlockChecks:
     against its stored 2-byte digest as soon as the block is complete (`container.block_ranges`)."""
 
     def __init__(self, header: Header):
-        self.ranges = block_ranges(header.n_images, header.n_chains, header.refine_steps) if header.block_checks else []
+        counts = [n for n, *_ in header.shape_runs]
+        self.ranges = (file_block_ranges(header.n_images, header.n_chains, header.refine_steps, counts)
+                       if header.block_checks else [])
         self.checks = header.block_checks
         self.scale = np.uint8(header.binary_scale) if header.pixel_kind == "binary" else None
         self.parts: list[tuple[int, np.ndarray]] = []
@@ -295,11 +384,11 @@ class _BlockChecks:
         lo, _ = self.ranges[self.block]
         if first != lo:
             return
-        pixels = np.concatenate([p for _, p in sorted(self.parts, key=lambda t: t[0])])
+        digest = images_digest([p for _, p in sorted(self.parts, key=lambda t: t[0])], 2)   # shapes may differ
         self.parts = []
         j = self.block
         self.block += 1
-        if pixels_digest(pixels, 2) != self.checks[2 * j:2 * j + 2]:
+        if digest != self.checks[2 * j:2 * j + 2]:
             raise ContainerError(f"corrupt payload: the decoded pixels of block {j + 1} of {len(self.ranges)} "
                                  "(in decoding order) do not match their checksum; nothing was written")
 
@@ -313,22 +402,32 @@ def decompress_parsed(header: Header, chains: list[np.ndarray], model: VAE, mode
     pixels; the other ranks return (None, header, {})."""
     check_decodable(header, model, model_sha256_hex, max_memory, max_output_bytes, trust_v1)
     t0 = time.perf_counter()
+    models = [sized_model(model, (h, w)) for _, h, w, _ in header.shape_runs]
     try:
-        backend = make_coder_backend(header.coder_path, model, header.latent_bits, header.refine_steps,
-                                     header.refine_lr_e4, batch_split)
+        backends = [make_coder_backend(header.coder_path, m, header.latent_bits, header.refine_steps,
+                                       header.refine_lr_e4, batch_split) for m in models]
     except InputError as e:
         raise ContainerError(f"corrupt header: {e}") from None
     try:
-        symbols = decode_images(model, chains, header.n_images, model.cfg.array_shape, header.plain_images,
-                                header.latent_bits, progress, backend=backend, workers=workers,
-                                on_round=_BlockChecks(header), importance_samples=header.importance_samples,
-                                cheap_start=header.cheap_start, team=team)
-        if symbols is None:                                 # a torchrun rank other than 0
-            return None, header, {}
-        pixels = symbols
-        if header.pixel_kind == "binary":
-            pixels *= np.uint8(header.binary_scale)                  # in place: no second image array
-        if pixels_digest(pixels, len(header.pixels_sha256)) != header.pixels_sha256:
+        if header.shapes:
+            runs = [(b, n, m.cfg.array_shape) for b, m, (n, *_) in zip(backends, models, header.shape_runs)]
+            if team is not None or header.importance_samples > 1:
+                raise ContainerError("a file of several image sizes with importance samples, or decoded under "
+                                     "torchrun: not supported; decode it in one process")
+            pixels = [a for r in decode_runs(runs, chains, header.plain_images, progress, workers,
+                                             on_round=_BlockChecks(header)) for a in r]
+        else:
+            pixels = decode_images(models[0], chains, header.n_images, models[0].cfg.array_shape,
+                                   header.plain_images, header.latent_bits, progress, backend=backends[0],
+                                   workers=workers, on_round=_BlockChecks(header),
+                                   importance_samples=header.importance_samples, cheap_start=header.cheap_start,
+                                   team=team)
+            if pixels is None:                              # a torchrun rank other than 0
+                return None, header, {}
+        for a in (pixels if header.shapes else [pixels]):
+            if header.pixel_kind == "binary":
+                a *= np.uint8(header.binary_scale)                   # in place: no second image array
+        if images_digest(pixels if header.shapes else [pixels], len(header.pixels_sha256)) != header.pixels_sha256:
             raise ContainerError("decoded pixels do not match the stored checksum: the file is corrupt; "
                                  "nothing was written")
     except ContainerError as e:

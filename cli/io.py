@@ -49,9 +49,10 @@ _IDX_SUFFIXES = ("-ubyte", "-ubyte.gz", ".idx", ".idx.gz")
 
 @dataclass
 class ImageSet:
-    """A batch of same-sized 8-bit images (gray or RGB) and their output names."""
+    """A batch of 8-bit images (gray or RGB) and their output names."""
 
-    pixels: np.ndarray  # (N, H, W) gray or (N, H, W, 3) RGB, uint8, C-contiguous
+    pixels: np.ndarray | list  # (N, H, W) gray or (N, H, W, 3) RGB, uint8, C-contiguous; or (mixed_sizes)
+                               # a list of (H, W[, 3]) images when their sizes differ
     names: list[str]  # one per image, relative output stem (no extension), unique
 
 
@@ -73,12 +74,13 @@ class _Entry:
 # --------------------------------------------------------------------------- reading
 
 
-def read_inputs(paths: Sequence[str | Path], max_pixels: int = MAX_PIXELS) -> ImageSet:
+def read_inputs(paths: Sequence[str | Path], max_pixels: int = MAX_PIXELS, mixed_sizes: bool = False) -> ImageSet:
     """Read PNG files, PNG folders, .npy and IDX files into one (N, H, W) uint8 batch.
 
     Raises InputError (one line, says what to do) for anything a user can get wrong:
     missing paths, empty folders, unsupported files or modes, corrupt files, images of
-    different sizes, or more than `max_pixels` pixels in total.
+    different sizes, or more than `max_pixels` pixels in total. With `mixed_sizes`, images of
+    different H x W (one channel count) are read into a list of (H, W[, C]) arrays instead.
     """
     if isinstance(paths, (str, Path)):
         paths = [paths]
@@ -96,7 +98,7 @@ def read_inputs(paths: Sequence[str | Path], max_pixels: int = MAX_PIXELS) -> Im
         if entry.n > 0:
             if first is None:
                 first = entry
-            elif (entry.h, entry.w, entry.c) != (first.h, first.w, first.c):
+            elif (entry.h, entry.w, entry.c) != (first.h, first.w, first.c) and not (mixed_sizes and entry.c == first.c):
                 raise InputError(
                     f"{path} has images of {entry.h}x{entry.w}x{entry.c} (HxWxC) but {first.path} has "
                     f"{first.h}x{first.w}x{first.c}; all inputs must share one size and channel count"
@@ -113,14 +115,19 @@ def read_inputs(paths: Sequence[str | Path], max_pixels: int = MAX_PIXELS) -> Im
     if first is None or n_total == 0:
         raise InputError("the inputs contain no images; give at least one image")
     shape = (first.h, first.w) if first.c == 1 else (first.h, first.w, first.c)
+    one_size = all((e.h, e.w) == (first.h, first.w) for e in entries if e.n)
 
-    pixels = np.empty((n_total, *shape), dtype=np.uint8)
+    pixels = np.empty((n_total, *shape), dtype=np.uint8) if one_size else []
     names: list[str] = []
     offset = 0
     for entry in entries:
         if entry.n == 0:
             continue
-        target = pixels[offset : offset + entry.n]
+        if one_size:
+            target = pixels[offset : offset + entry.n]
+        else:
+            target = np.empty((entry.n, entry.h, entry.w) + ((entry.c,) if entry.c > 1 else ()), np.uint8)
+            pixels.extend(target)
         if entry.kind == "png":
             target[0] = _load_png(entry)
             names.append(_sanitize(entry.stem))
@@ -553,10 +560,15 @@ def write_outputs(pixels: np.ndarray, names: list[str], out_dir: Path, fmt: str,
     """
     out_dir = Path(out_dir)
     rel = output_files(list(names), fmt)
-    pixels = np.asarray(pixels)
-    colour = pixels.ndim == 4 and pixels.shape[3] == 3
-    if not (pixels.ndim == 3 or colour) or pixels.dtype != np.uint8 or len(names) != pixels.shape[0]:
-        raise ValueError(f"expected (N,H,W) or (N,H,W,3) uint8 pixels and N names, got {pixels.shape} {pixels.dtype}, {len(names)} names")
+    if isinstance(pixels, list):                     # images of several sizes: PNG files only
+        if fmt != "png" or len(names) != len(pixels) or any(a.dtype != np.uint8 or a.ndim not in (2, 3) for a in pixels):
+            raise ValueError("images of several sizes are written as PNG files, one per name")
+    else:
+        pixels = np.asarray(pixels)
+        colour = pixels.ndim == 4 and pixels.shape[3] == 3
+        if not (pixels.ndim == 3 or colour) or pixels.dtype != np.uint8 or len(names) != pixels.shape[0]:
+            raise ValueError(f"expected (N,H,W) or (N,H,W,3) uint8 pixels and N names, got {pixels.shape} "
+                             f"{pixels.dtype}, {len(names)} names")
     _check_names(list(names))
     check_output_dir(out_dir, rel, force)
     merge = os.path.lexists(out_dir)

@@ -419,7 +419,9 @@ def encode(inputs, output, model_ref, chains, latent_bits, refine_steps, importa
     """Compress images losslessly into one .vae file.
 
     INPUT: PNG files (gray or RGB), folders of PNGs (sorted by name), .npy arrays (N,H,W) or
-    (N,H,W,3) uint8, or IDX files (e.g. t10k-images-idx3-ubyte.gz). Pixels are restored exactly by
+    (N,H,W,3) uint8, or IDX files (e.g. t10k-images-idx3-ubyte.gz). Images of several sizes go
+    into one file with a conv model (presets conv-bin, conv-8bit: any size); other models code
+    the one size they were trained on. Pixels are restored exactly by
     `decode`; PNG metadata (text chunks, gamma, palette, bit depth) is not kept, only the 8-bit
     gray or RGB values.
 
@@ -437,7 +439,7 @@ def encode(inputs, output, model_ref, chains, latent_bits, refine_steps, importa
     with joined(team):
         # before the work: exists, not a regular file, not writable
         root_first(team, lambda: check_output_file(out, force))
-        images = read_inputs([Path(p) for p in inputs])
+        images = read_inputs([Path(p) for p in inputs], mixed_sizes=True)
         if model_ref is None:
             model_ref = default_model_name(images.pixels)
         model, config = _load_for_coding(model_ref)
@@ -457,7 +459,8 @@ def encode(inputs, output, model_ref, chains, latent_bits, refine_steps, importa
     if as_json:
         echo_json(report)
     else:
-        size = "x".join(str(s) for s in images.pixels.shape[1:])
+        mixed = isinstance(images.pixels, list)
+        size = "of several sizes" if mixed else "x".join(str(s) for s in images.pixels.shape[1:])
         click.echo(f"{report['n_images']} images {size} -> {out} ({len(data):,} bytes): "
                    f"{report['actual_bpd']:.4f} bpd"
                    + (f" (model -ELBO {report['neg_elbo_bpd']:.4f} bpd)" if elbo else "") + ", "
@@ -508,6 +511,7 @@ def decode(input_file, output, fmt, model_ref, force, max_memory, max_output, tr
     from bbans_vae.checkpoint import load_checkpoint, locate_model
     from bbans_vae.pipeline import check_decodable, decompress_parsed
     from bbans_vae.container import read_file
+    from bbans_vae.errors import InputError
     from bbans_vae.limits import LimitError, default_max_memory
 
     from bbans_vae.distributed import joined, root_first
@@ -526,6 +530,9 @@ def decode(input_file, output, fmt, model_ref, force, max_memory, max_output, tr
                 raise LimitError(f"this file decodes to {header.output_bytes:,} bytes of pixels; "
                                  f"{out} has {disk:,} bytes free")
 
+        if header.shapes and fmt == "npy":
+            raise InputError("this file holds images of several sizes, which one .npy array cannot hold; "
+                             "decode it with --format png")
         root_first(team, check_output)
         if model_ref is not None:
             model, config = _load_for_coding(model_ref)

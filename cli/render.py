@@ -40,6 +40,12 @@ def format_headline(result: dict) -> str:
 # ----------------------------------------------------------------------------- writers
 
 
+def _file_stem(dataset: str) -> str:
+    """A file-name part for a dataset name or path (a path dataset's name holds '/')."""
+    stem = "".join(c if c.isalnum() or c in "._-" else "_" for c in Path(dataset).name or dataset)
+    return stem.lstrip(".") or "dataset"
+
+
 def write_results(result: dict, out_dir: str | os.PathLike) -> list[Path]:
     """Write results.json, README.md, rate_vs_images.png and bpd_<dataset>.png; returns the paths."""
     out = Path(out_dir)
@@ -250,7 +256,7 @@ def _plots(result: dict, out: Path) -> list[Path]:
         ax.set_title(f"{d}: {rd['selection']}\n(red: vaecompress; * = subset of the images)", fontsize=9)
         ax.grid(alpha=0.3, axis="x")
         fig.tight_layout()
-        p = out / f"bpd_{d}.png"
+        p = out / f"bpd_{_file_stem(d)}.png"
         fig.savefig(p, dpi=110)
         plt.close(fig)
         paths.append(p)

@@ -62,7 +62,7 @@ class FloatBackend:
     def __init__(self, model: VAE, latent_bits: int):
         self.model = model
         self.buckets = LatentBuckets(latent_bits)
-        self.latent_dim = model.cfg.latent_dim
+        self.latent_dim = model.cfg.n_latents
         self.pixel_family = model.likelihood.coder_family
         self.n_phases = model.n_phases
         self.phase = model.phase.numpy() if self.n_phases > 1 else None          # (P,) phase per pixel

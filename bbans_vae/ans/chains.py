@@ -352,10 +352,15 @@ def _part_from_arrays(a: list[np.ndarray]) -> tuple:
     return list(a[:-4]), [int(b) for b in a[-4]], a[-3], a[-2], a[-1]
 
 
+def _coder(words: np.ndarray | None) -> AnsCoder:
+    """A chain's coder: empty, or continuing from the words another run of images left."""
+    return AnsCoder(np.asarray(words, dtype=np.uint32)) if words is not None and len(words) else AnsCoder()
+
+
 def _encode_group(backend: Backend, images: np.ndarray, layout: ChainLayout, c0: int, c1: int,
                   progress: Callable[[int], None], importance_samples: int = 1,
-                  cheap_start: bool = False) -> tuple:
-    chains = [AnsCoder() for _ in range(c1 - c0)]
+                  cheap_start: bool = False, start_words: list | None = None) -> tuple:
+    chains = [_coder(None if start_words is None else start_words[c]) for c in range(c0, c1)]
     ideal, plain_idx, plain_q = [], [], []
     with single_thread():
         for _, idx in _group_rounds(layout, c0, c1):
@@ -373,7 +378,7 @@ def _encode_group(backend: Backend, images: np.ndarray, layout: ChainLayout, c0:
 def encode_images(model: VAE, images: np.ndarray, n_chains: int, latent_bits: int = DEFAULT_LATENT_BITS,
                   progress: Callable[[int], None] | None = None, backend: Backend | None = None,
                   workers: int = 1, importance_samples: int = 1, cheap_start: bool = False,
-                  team=None) -> Encoded | None:
+                  team=None, start_words: list | None = None) -> Encoded | None:
     """Code (N, H, W) uint8 pixels ({0,1} for binary models, 0..255 for 8-bit) into C chains.
 
     `backend` (default FloatBackend(model, latent_bits)) supplies the distributions. With
@@ -383,6 +388,7 @@ def encode_images(model: VAE, images: np.ndarray, n_chains: int, latent_bits: in
     codes plain images with the latent precision that makes them shortest (`push_cheap_plain`).
     With a torchrun `team` (`distributed.Team`) each rank codes its share of team.size x workers
     groups and rank 0 gets the whole result (the other ranks get None); same words again.
+    `start_words` (per chain) continues chains that already hold images (`encode_runs`).
     """
     N = images.shape[0]
     layout = ChainLayout(N, max(1, min(n_chains, N)))
@@ -391,7 +397,8 @@ def encode_images(model: VAE, images: np.ndarray, n_chains: int, latent_bits: in
     ranks = team.size if team is not None else 1
     groups = chain_groups(layout.n_chains, ranks * workers if backend.batch_invariant else 1)
     jobs = [functools.partial(_encode_group, backend, images, layout, c0, c1,
-                              importance_samples=importance_samples, cheap_start=cheap_start)
+                              importance_samples=importance_samples, cheap_start=cheap_start,
+                              start_words=start_words)
             for c0, c1 in groups]
     if team is None:
         parts = run_jobs(jobs, progress)
@@ -421,9 +428,9 @@ def encode_images(model: VAE, images: np.ndarray, n_chains: int, latent_bits: in
 
 def _decode_group(backend: Backend, chain_words: list[np.ndarray], layout: ChainLayout, plain_images: np.ndarray,
                   out: np.ndarray, c0: int, c1: int, progress: Callable[[int], None], hook=None,
-                  importance_samples: int = 1, cheap_start: bool = False) -> None:
+                  importance_samples: int = 1, cheap_start: bool = False, keep_rest: bool = False) -> list | None:
     try:
-        chains = [AnsCoder(np.asarray(w, dtype=np.uint32)) for w in chain_words[c0:c1]]
+        chains = [_coder(w) for w in chain_words[c0:c1]]
     except Exception as e:  # constriction rejects e.g. a zero last word
         raise ContainerError(f"corrupt payload: {e}") from None
     with single_thread():
@@ -437,8 +444,11 @@ def _decode_group(backend: Backend, chain_words: list[np.ndarray], layout: Chain
             if hook is not None:
                 hook(idx, out[idx])
             progress(len(idx))
+    if keep_rest:
+        return [c.get_compressed() for c in chains]
     if not all(c.is_empty() for c in chains):
         raise ContainerError("corrupt payload: data left over after the last image")
+    return None
 
 
 class _CompleteRounds:
@@ -470,8 +480,9 @@ def decode_images(model: VAE, chain_words: list[np.ndarray], n_images: int, imag
                   progress: Callable[[int], None] | None = None, backend: Backend | None = None,
                   workers: int = 1, on_round: Callable[[np.ndarray, np.ndarray], None] | None = None,
                   importance_samples: int = 1, cheap_start: bool = False,
-                  team=None) -> np.ndarray | None:
-    """Inverse of `encode_images`: (N, H, W) uint8 symbols. Every chain must end empty.
+                  team=None, keep_rest: bool = False):
+    """Inverse of `encode_images`: (N, H, W) uint8 symbols. Every chain must end empty, or with
+    `keep_rest` returns (symbols, the words each chain holds after these images) (`decode_runs`).
 
     A chain that runs dry before its first image or holds bits after it raises ContainerError.
     A chain fed random words does not run dry (it settles at a few hundred valid bits), so the
@@ -493,13 +504,13 @@ def decode_images(model: VAE, chain_words: list[np.ndarray], n_images: int, imag
     plain = np.unique(np.asarray(plain_images, dtype=np.int64))
     jobs = [functools.partial(_decode_group, backend, chain_words, layout, plain, out, c0, c1,
                               hook=on_round if len(groups) == 1 else None, importance_samples=importance_samples,
-                              cheap_start=cheap_start)
+                              cheap_start=cheap_start, keep_rest=keep_rest)
             for c0, c1 in groups]
     # with several groups a round spans every group's chains: this process reassembles whole rounds
     # from the groups' progress (their pixels are in the shared `out`) and calls on_round on them
     merged = _CompleteRounds(layout, groups, out, on_round) if on_round is not None and len(groups) > 1 else None
-    run_jobs(jobs, progress, job_progress=merged)
-    return out
+    rests = run_jobs(jobs, progress, job_progress=merged)
+    return (out, [w for part in rests for w in part]) if keep_rest else out
 
 
 def _decode_group_pixels(backend: Backend, chain_words: list[np.ndarray], layout: ChainLayout, plain: np.ndarray,
@@ -529,3 +540,50 @@ def _decode_as_team(backend: Backend, chain_words: list[np.ndarray], layout: Cha
             idx = layout.round_images(t)
             on_round(idx, out[idx])
     return out
+
+
+# ----------------------------------------------------------------------------- images of several sizes
+
+
+def encode_runs(runs: list[tuple[Backend, np.ndarray]], n_chains: int,
+                progress: Callable[[int], None] | None = None, workers: int = 1) -> Encoded:
+    """Code runs of images of different sizes (any-size models): run r, an (n_r, H_r, W_r[, C])
+    array coded with its backend, continues the C chains where run r-1 left them, its image j on
+    chain j % min(C, n_r). Bits back carry over from run to run; plain images are numbered in
+    the file's image order."""
+    words: list = [None] * n_chains
+    ideal, plain, initial, offset = [], [], 0.0, 0
+    for backend, images in runs:
+        enc = encode_images(backend.model, images, n_chains, progress=progress, backend=backend,
+                            workers=workers, start_words=words)
+        words[:len(enc.chain_words)] = enc.chain_words
+        ideal.append(enc.ideal_bits)
+        plain.extend(offset + i for i in enc.plain_images)
+        initial += enc.initial_bits
+        offset += len(images)
+    words = [np.zeros(0, np.uint32) if w is None else w for w in words]
+    return Encoded(chain_words=words, plain_images=plain, ideal_bits=np.concatenate(ideal), initial_bits=initial,
+                   payload_bits=sum(int(_coder(w).num_valid_bits()) for w in words))
+
+
+def decode_runs(runs: list[tuple[Backend, int, tuple]], chain_words: list[np.ndarray], plain_images: list[int],
+                progress: Callable[[int], None] | None = None, workers: int = 1,
+                on_round: Callable[[np.ndarray, np.ndarray], None] | None = None) -> list[np.ndarray]:
+    """Inverse of `encode_runs`, runs (backend, count, image shape) -> one symbol array per run.
+    Runs are decoded last-first; `on_round` gets the file's image indices."""
+    words = list(chain_words)
+    plain = np.asarray(plain_images, dtype=np.int64)
+    starts = np.cumsum([0] + [n for _, n, _ in runs])
+    outs: list = [None] * len(runs)
+    for r in reversed(range(len(runs))):
+        backend, n, shape = runs[r]
+        lo = int(starts[r])
+        hook = None if on_round is None else (lambda idx, x, lo=lo: on_round(idx + lo, x))
+        local = plain[(plain >= lo) & (plain < lo + n)] - lo
+        C = min(len(words), n)
+        outs[r], rest = decode_images(backend.model, words[:C], n, shape, list(local), progress=progress,
+                                      backend=backend, workers=workers, on_round=hook, keep_rest=True)
+        words[:C] = rest
+    if any(len(w) for w in words):
+        raise ContainerError("corrupt payload: data left over after the last image")
+    return outs

@@ -10,13 +10,13 @@ from ..errors import InputError
 from ..models import SIGMA_FLOOR, VAE
 from ..models.likelihoods import (GAUSSIAN_LOG_STD_RANGE, LOGISTIC_LOG_SCALE_RANGE, MEAN_HALF_RANGE,
                                  SCALE_UNIT)
-from .qnet import ExactNetworks
+from .qnet import ExactConvNetworks, ExactNetworks
 from .tables import ExactBuckets, Lut
 
 _ROWS = 256  # rows of 257 edges per block in the table loops (fits in L2)
 
 
-EXACT_ARCHS = ("mlp", "ctx")  # architectures this integer arithmetic implements
+EXACT_ARCHS = ("mlp", "ctx", "conv")  # architectures this integer arithmetic implements
 
 
 class ExactBackend:
@@ -36,7 +36,7 @@ class ExactBackend:
                              f"{model.cfg.arch!r}; use --coder-path float32")
         self.model = model
         self.buckets = ExactBuckets(latent_bits)
-        self.latent_dim = model.cfg.latent_dim
+        self.latent_dim = model.cfg.n_latents
         self.pixel_family = model.likelihood.coder_family
         self.batch_split = batch_split
         self.net = exact_networks(model)
@@ -167,10 +167,16 @@ def weights_digest(model: VAE) -> str:
 def exact_networks(model: VAE) -> ExactNetworks:
     """The model's exact networks, built once per distinct weights (keyed by their content, so a
     model trained further, or a copy, gets the right ones; the models themselves are not kept)."""
+    if model.cfg.any_size:                  # conv models: one integer net for every size
+        return _cached_networks(model.owner).at(*model.cfg.image_shape)
+    return _cached_networks(model)
+
+
+def _cached_networks(model: VAE):
     key = weights_digest(model)
     net = _NETWORKS.get(key)
     if net is None:
-        net = ExactNetworks(model)
+        net = (ExactConvNetworks if model.cfg.any_size else ExactNetworks)(model)
         if len(_NETWORKS) >= _NETWORKS_KEPT:
             _NETWORKS.pop(next(iter(_NETWORKS)))
         _NETWORKS[key] = net

@@ -2,6 +2,7 @@
 context net as integer GEMMs over im2col patches (the rules are in the package docstring)."""
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Callable
 
@@ -204,6 +205,20 @@ def _calibrate(prepared: list, in_exp: int, in_bits: int, chunks: list[np.ndarra
     return layers
 
 
+def _prepared_encoder(layers: list, pixel_kind: str) -> tuple[list, int]:
+    """An encoder's prepared layers (Linear or Conv2d) and its input bits: the raw pixel integers
+    ({0,1}: 1 bit, 0..255: 8 bits, the 1/255 folded into the first layer's weights, which get up
+    to FIRST_WEIGHT_BITS, fewer if the accumulator needs it)."""
+    in_bits = 1 if pixel_kind == "binary" else 8
+    divide = 1.0 if pixel_kind == "binary" else 255.0
+    wb = FIRST_WEIGHT_BITS
+    first = _Prepared.of(layers[0], wb, divide)
+    while first.input_bits() < in_bits:
+        wb -= 1
+        first = _Prepared.of(layers[0], wb, divide)
+    return [first] + [_Prepared.of(l, WEIGHT_BITS) for l in layers[1:]], in_bits
+
+
 class QNet:
     """A quantised MLP: integer inputs (scale 2^-in_exp) -> ... -> exact float64 outputs."""
 
@@ -259,6 +274,34 @@ def _dilate(mask: np.ndarray, k: int) -> np.ndarray:
     return np.lib.stride_tricks.sliding_window_view(padded, (k, k)).any((-2, -1))
 
 
+def _same_convs(seq: torch.nn.Sequential, what: str) -> list[torch.nn.Conv2d]:
+    """The convolutions of a Conv2d/ReLU stack, checked to be same-padded odd square ones."""
+    convs = [m for m in seq if isinstance(m, torch.nn.Conv2d)]
+    others = [m for m in seq if not isinstance(m, (torch.nn.Conv2d, torch.nn.ReLU))]
+    if others or any(c.stride != (1, 1) or c.kernel_size[0] != c.kernel_size[1] or c.kernel_size[0] % 2 == 0
+                     or c.padding != (c.kernel_size[0] // 2,) * 2 or c.dilation != (1, 1) for c in convs):
+        raise ModelError(f"the exact coder path supports {what} of same-padded odd square convolutions with ReLU")
+    return convs
+
+
+class QConvNet:
+    """A stack of same-padded odd square convolutions with ReLU on one grid, as integer GEMMs
+    over im2col patches: (B, h, w, C) integer inputs (scale 2^-in_exp) -> (B, h, w, out) exact
+    float64 outputs. Each output row reads only its own patch, so neither the batch nor the
+    grid size changes a value."""
+
+    def __init__(self, convs: list[torch.nn.Conv2d], prepared: list, in_exp: int, in_bits: int,
+                 chunks: list[np.ndarray]):
+        self.ksize = [c.kernel_size[0] for c in convs]
+        self.layers = _calibrate(prepared, in_exp, in_bits, chunks, lambda i, a: _im2col(a, self.ksize[i]))
+
+    def __call__(self, a: np.ndarray) -> np.ndarray:
+        B, h, w = a.shape[:3]
+        for i, q in enumerate(self.layers[:-1]):
+            a = q.hidden(_im2col(a, self.ksize[i])).reshape(B, h, w, -1)
+        return self.layers[-1].output(_im2col(a, self.ksize[-1])).reshape(B, h, w, -1)
+
+
 class QContext:
     """A context model's pixel-context conv net as integer GEMMs over im2col patches.
 
@@ -276,12 +319,7 @@ class QContext:
         self.C = cfg.channels
         self.k = model.likelihood.params_per_pixel
         self.phase = model.phase.cpu().numpy()
-        convs = [m for m in model.context if isinstance(m, torch.nn.Conv2d)]
-        others = [m for m in model.context if not isinstance(m, (torch.nn.Conv2d, torch.nn.ReLU))]
-        if others or any(c.stride != (1, 1) or c.kernel_size[0] != c.kernel_size[1] or c.kernel_size[0] % 2 == 0
-                         or c.padding != (c.kernel_size[0] // 2,) * 2 or c.dilation != (1, 1) for c in convs):
-            raise ModelError("the exact coder path supports context nets of same-padded odd square "
-                             "convolutions with ReLU")
+        convs = _same_convs(model.context, "context nets")
         self.ksize = [c.kernel_size[0] for c in convs]
         prepared = [_Prepared.of(c, WEIGHT_BITS).split(LO_WEIGHT_BITS) for c in convs]
         in_bits = min(prepared[0].input_bits(), 30)
@@ -309,6 +347,12 @@ class QContext:
         xi = np.where(vis, self.pixel_ints[np.asarray(x, dtype=np.int64).reshape(B, HW, C)], 0.0)
         m = np.where(vis, self.one, 0.0)
         return np.concatenate([h, xi, m], -1).reshape(B, self.H, self.W, C * (k + 2))
+
+    def at(self, height: int, width: int, phase: np.ndarray) -> "QContext":
+        """The same integer net for H x W images with coding phases `phase` (conv models)."""
+        view = copy.copy(self)
+        view.H, view.W, view.phase = height, width, phase
+        return view
 
     def __call__(self, out: np.ndarray, x: np.ndarray, vis: np.ndarray, sel: np.ndarray | None = None) -> np.ndarray:
         """out (B, P*k) exact decoder output, x (B, P) pixel symbols, vis (P,) bool -> out +
@@ -357,15 +401,7 @@ class ExactNetworks:
         self.decoder = QNet(dec, self.z_exp, self.z_bits, z_cal)
         # encoder input: raw pixel integers; calibrated on the decoder's own mean images
         x_cal = self.mean_images(self.decoder(z_cal))
-        in_bits = 1 if cfg.pixel_kind == "binary" else 8
-        divide = 1.0 if cfg.pixel_kind == "binary" else 255.0
-        enc_layers = _linears(model.encoder)
-        wb = FIRST_WEIGHT_BITS
-        first = _Prepared.of(enc_layers[0], wb, divide)
-        while first.input_bits() < in_bits:
-            wb -= 1
-            first = _Prepared.of(enc_layers[0], wb, divide)
-        enc = [first] + [_Prepared.of(l, WEIGHT_BITS) for l in enc_layers[1:]]
+        enc, in_bits = _prepared_encoder(_linears(model.encoder), cfg.pixel_kind)
         self.encoder = QNet(enc, 0, in_bits, x_cal)
         self.context = None
         if cfg.has_context:
@@ -386,3 +422,85 @@ class ExactNetworks:
             o = out.reshape(B, P, 3, self.k)[:, :, 1, 0]
         mean = MEAN_HALF_RANGE + MEAN_HALF_RANGE * o
         return np.clip(_round(mean), 0.0, 255.0)
+
+
+CONV_CALIBRATION_BLOCKS = 8   # conv models are calibrated on 32 x 32 images (8 x 8 latent blocks)
+
+
+class ExactConvNetworks(ExactNetworks):
+    """A conv model's (models/conv.py) encoder and decoder as exact integer networks, for any image
+    size (`at`). Calibrated once, on N_CALIBRATION (decoder) and N_CONTEXT_CALIBRATION (encoder,
+    context net) 32 x 32 images, like ExactNetworks; every layer is a QLayer on im2col patches of
+    the block grid, and space-to-depth, padding and cropping only move values."""
+
+    def __init__(self, model: VAE):
+        from ..models.conv import STRIDE
+        cfg = model.cfg
+        self.cfg, self.likelihood, self.k, self.stride = cfg, cfg.likelihood, cfg.mixtures, STRIDE
+        self.context = None
+        g = CONV_CALIBRATION_BLOCKS
+        cal = model.at(g * STRIDE, g * STRIDE)
+        dec_convs = _same_convs(model.decoder, "conv models")
+        dec = [_Prepared.of(c, WEIGHT_BITS) for c in dec_convs]
+        self.z_bits = min(dec[0].input_bits(), 40)                       # bucket centres: |z| < 4 = 2^2
+        self.z_exp = self.z_bits - 3
+        centers14 = load_table("normal_quantile")[1::2]
+        n = N_CONTEXT_CALIBRATION
+        z_cal = self._z_int(_calibration_latents(centers14, N_CALIBRATION, cal.cfg.n_latents))
+        z_grid = z_cal.reshape(N_CALIBRATION, g, g, cfg.latent_dim)
+        self.decoder_grid = QConvNet(dec_convs, dec, self.z_exp, self.z_bits,
+                                     [z_grid[i:i + n] for i in range(0, N_CALIBRATION, n)])
+        self.cfg = cal.cfg                                                # mean_images at the calibration size
+        out_cal = self.at(g * STRIDE, g * STRIDE).decoder(z_cal[:n])
+        x_cal = self.mean_images(out_cal)
+        self.cfg = cfg
+        enc_convs = _same_convs(model.encoder, "conv models")
+        enc, in_bits = _prepared_encoder(enc_convs, cfg.pixel_kind)
+        self.encoder_grid = QConvNet(enc_convs, enc, 0, in_bits, [self._blocks(x_cal, g * STRIDE, g * STRIDE)])
+        if cfg.has_context:
+            self.context = QContext(cal, out_cal, x_cal, np.arange(n) % cal.n_phases)
+
+    def _blocks(self, a: np.ndarray, height: int, width: int) -> np.ndarray:
+        """(B, H*W*C) pixel integers -> (B, h4, w4, 16 C) zero-padded 4x4 blocks, channels ordered
+        (c, dy, dx) as torch's pixel_unshuffle."""
+        B, C, s = len(a), self.cfg.channels, self.stride
+        h4, w4 = -(-height // s), -(-width // s)
+        padded = np.zeros((B, h4 * s, w4 * s, C))
+        padded[:, :height, :width] = a.reshape(B, height, width, C)
+        g = padded.reshape(B, h4, s, w4, s, C).transpose(0, 1, 3, 5, 2, 4)
+        return np.ascontiguousarray(g).reshape(B, h4, w4, C * s * s)
+
+    def at(self, height: int, width: int) -> "SizedConvNetworks":
+        return SizedConvNetworks(self, height, width)
+
+
+class SizedConvNetworks:
+    """ExactConvNetworks at one image size: the encoder/decoder/context interface of ExactNetworks
+    (flat (B, P) pixels in, [mu | raw std] and (B, P*k) decoder outputs out)."""
+
+    def __init__(self, nets: ExactConvNetworks, height: int, width: int):
+        from ..models.context import coding_phases
+        self.nets, self.H, self.W = nets, height, width
+        s, C = nets.stride, nets.cfg.channels
+        self.h4, self.w4 = -(-height // s), -(-width // s)
+        self.context = None
+        if nets.context is not None:
+            phase = coding_phases(height, width, C, spatial=False).numpy()
+            self.context = nets.context.at(height, width, phase)
+        self._z_int = nets._z_int
+
+    def encoder(self, a: np.ndarray) -> np.ndarray:
+        """(B, P) pixel integers -> (B, 2 n_latents): means, then pre-softplus stds (latents
+        ordered block row, block column, channel, as ConvVAE.posterior)."""
+        B, D = len(a), self.nets.cfg.latent_dim
+        h = self.nets.encoder_grid(self.nets._blocks(a, self.H, self.W))         # (B, h4, w4, 2D)
+        return np.concatenate([h[..., :D].reshape(B, -1), h[..., D:].reshape(B, -1)], 1)
+
+    def decoder(self, z_int: np.ndarray) -> np.ndarray:
+        """(B, n_latents) latent integers -> (B, P * k) exact decoder outputs (ConvVAE.decode's layout)."""
+        B, s = len(z_int), self.nets.stride
+        g = self.nets.decoder_grid(z_int.reshape(B, self.h4, self.w4, self.nets.cfg.latent_dim))
+        ck = g.shape[-1] // (s * s)                                              # C * k planes
+        pix = g.reshape(B, self.h4, self.w4, ck, s, s).transpose(0, 1, 4, 2, 5, 3)
+        pix = np.ascontiguousarray(pix).reshape(B, self.h4 * s, self.w4 * s, ck)[:, :self.H, :self.W]
+        return np.ascontiguousarray(pix).reshape(B, -1)

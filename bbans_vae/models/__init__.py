@@ -10,6 +10,7 @@ bounds are in `bbans_vae.objectives`.
     likelihoods.py  Bernoulli, discretized Gaussian, discretized logistic (mixture) pixels
     vae.py          the MLP VAE
     context.py      the context VAE: checkerboard phases and/or the channel order of colour
+    conv.py         the fully convolutional VAE: spatial latents, one model for any image size
 
 References
 - Kingma & Welling, Auto-Encoding Variational Bayes (2014): the VAE and the reparameterised ELBO.
@@ -23,9 +24,10 @@ from __future__ import annotations
 
 from .config import ModelConfig
 from .context import ContextVAE, checkerboard_phases, coding_phases
+from .conv import ConvContextVAE, ConvVAE, sized_model
 from .likelihoods import LN2
 from .presets import ARCHITECTURES, PRESETS, build_model, preset_config
 from .vae import SIGMA_FLOOR, VAE, count_parameters
 
-__all__ = ["ARCHITECTURES", "ContextVAE", "LN2", "ModelConfig", "PRESETS", "SIGMA_FLOOR", "VAE", "build_model",
-           "checkerboard_phases", "coding_phases", "count_parameters", "preset_config"]
+__all__ = ["ARCHITECTURES", "ContextVAE", "ConvContextVAE", "ConvVAE", "LN2", "ModelConfig", "PRESETS", "SIGMA_FLOOR", "VAE", "build_model",
+           "checkerboard_phases", "coding_phases", "count_parameters", "preset_config", "sized_model"]

@@ -7,7 +7,8 @@ import numpy as np
 
 from ..errors import ModelError
 
-ARCH_NAMES = ("mlp", "ctx")     # presets.ARCHITECTURES maps each to its class
+ARCH_NAMES = ("mlp", "ctx", "conv")     # presets.ARCHITECTURES maps each to its class
+MAX_CONV_VALUES = 1 << 22             # conv models: H*W*channels per image (other models: 2^20)
 
 
 @dataclass(frozen=True)
@@ -18,7 +19,7 @@ class ModelConfig:
     image_shape: tuple = (28, 28)
     pixel_kind: str = "binary"          # "binary" (values {0,1}) or "8bit" (0..255)
     hidden: tuple = (500, 500, 500)
-    latent_dim: int = 10
+    latent_dim: int = 10                # conv models: latent channels per 4x4 block (`n_latents` in all)
     likelihood: str = "bernoulli"       # "bernoulli" | "gaussian" | "logistic"
     mixtures: int = 1                   # logistic mixture components (likelihood == "logistic")
     context_channels: int = 0           # width of the pixel-context conv net (arch "ctx", or colour)
@@ -63,9 +64,10 @@ class ModelConfig:
             raise ModelError("latent_dim must be in 1..4096 and hidden sizes positive")
         if self.channels not in (1, 3):
             raise ModelError(f"channels must be 1 (gray) or 3 (colour), not {self.channels}")
-        if len(self.image_shape) != 2 or min(self.image_shape) < 1 or self.n_pixels > 1 << 20:
-            raise ModelError(f"image_shape must be (H, W) with H*W*channels <= 2^20, got {self.image_shape} x "
-                             f"{self.channels}")
+        cap = MAX_CONV_VALUES if self.arch == "conv" else 1 << 20
+        if len(self.image_shape) != 2 or min(self.image_shape) < 1 or self.n_pixels > cap:
+            raise ModelError(f"image_shape must be (H, W) with H*W*channels <= 2^{cap.bit_length() - 1}, got "
+                             f"{tuple(self.image_shape)} x {self.channels}")
         if not (1 <= self.mixtures <= 16):
             raise ModelError("mixtures must be in 1..16")
         if self.has_context != (self.context_channels > 0) or self.context_channels > 512:
@@ -77,6 +79,19 @@ class ModelConfig:
     def n_pixels(self) -> int:
         """Values coded per image, the bpd denominator: H * W * channels."""
         return int(np.prod(self.image_shape)) * self.channels
+
+    @property
+    def n_latents(self) -> int:
+        """Latent dimensions per image: latent_dim, or for conv models latent_dim per 4x4 block."""
+        if self.arch != "conv":
+            return self.latent_dim
+        H, W = self.image_shape
+        return self.latent_dim * -(-H // 4) * -(-W // 4)
+
+    @property
+    def any_size(self) -> bool:
+        """Whether one model's weights code images of any H x W (conv models, `ConvVAE.at`)."""
+        return self.arch == "conv"
 
     @property
     def array_shape(self) -> tuple:

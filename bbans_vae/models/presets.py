@@ -13,10 +13,14 @@ Presets (one table, `PRESETS`; parameter counts from `count_parameters`, 28x28 i
 | mlp-bbans-8bit  | 1 x 200 ReLU          | 50 | discretized Gaussian      |   502,468|
 | ctx-bin         | mlp-bin + context net | 32 | Bernoulli, 4 phases       | 1,345,025|
 | ctx-8bit        | mlp-8bit + context net| 32 | discretized Gaussian, 4 ph| 1,738,130|
+| conv-bin        | 2 x 64 conv3x3 on 4x4 blocks | 4 per block | Bernoulli | 99,352|
+| conv-8bit       | 2 x 64 conv3x3 on 4x4 blocks | 4 per block | discretized Gaussian | 108,584|
 
 `ctx-*` (ContextVAE): the likelihood also reads already-coded neighbours in a 2x2 checkerboard
 order (He et al., "Checkerboard Context Model for Efficient Learned Image Compression", CVPR
 2021; PixelVAE, Gulrajani et al. 2017, for the idea of a local autoregressive VAE decoder).
+`conv-*` (ConvVAE, models/conv.py): fully convolutional, spatial latents per 4x4 block; one
+model's weights code images of any H x W (its parameter count does not depend on the size).
 """
 from __future__ import annotations
 
@@ -25,6 +29,7 @@ from dataclasses import replace
 from ..errors import ModelError
 from .config import ModelConfig
 from .context import ContextVAE
+from .conv import ConvContextVAE, ConvVAE
 from .vae import VAE
 
 PRESETS: dict[str, tuple[ModelConfig, str]] = {
@@ -48,6 +53,11 @@ PRESETS: dict[str, tuple[ModelConfig, str]] = {
     "ctx-8bit": (ModelConfig(arch="ctx", pixel_kind="8bit", likelihood="gaussian", hidden=(500, 500),
                              latent_dim=32, context_channels=32),
                  "mlp-8bit + checkerboard pixel context (2 conv3x3 layers, 32 channels), discretized Gaussian"),
+    "conv-bin": (ModelConfig(arch="conv", hidden=(64, 64), latent_dim=4),
+                 "any size: conv encoder/decoder (2x64 conv3x3 on 4x4 blocks), 4 latents per block, Bernoulli"),
+    "conv-8bit": (ModelConfig(arch="conv", pixel_kind="8bit", likelihood="gaussian", hidden=(64, 64), latent_dim=4),
+                  "any size: conv encoder/decoder (2x64 conv3x3 on 4x4 blocks), 4 latents per block, "
+                  "discretized Gaussian"),
 }
 
 
@@ -73,9 +83,11 @@ def preset_config(name: str, image_shape: tuple | None = None) -> ModelConfig:
     return cfg
 
 
-ARCHITECTURES = {"mlp": VAE, "ctx": ContextVAE}
+ARCHITECTURES = {"mlp": VAE, "ctx": ContextVAE, "conv": ConvVAE}
 
 
 def build_model(cfg: ModelConfig) -> VAE:
     cfg.validate()
+    if cfg.arch == "conv":
+        return ConvContextVAE(cfg) if cfg.has_context else ConvVAE(cfg)
     return ContextVAE(cfg) if cfg.has_context else ARCHITECTURES[cfg.arch](cfg)

@@ -65,7 +65,7 @@ class VAE(nn.Module):
         return self.likelihood.sample(self.decode(z), gen)
 
     def sample(self, n: int, gen: torch.Generator | None = None) -> torch.Tensor:
-        z = torch.randn(n, self.cfg.latent_dim, generator=gen)
+        z = torch.randn(n, self.cfg.n_latents, generator=gen)
         return self.sample_given(z, gen).view(n, *self.cfg.array_shape)
 
 
