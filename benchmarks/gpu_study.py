@@ -21,7 +21,15 @@ Jobs (each a process; `all` runs them with at most --cpu-jobs coding processes a
                   100 epochs, stacked; plus the model's reference refit on the test images; written as
                   finished states where `benchmarks/rha_study.py` picks them up, which then measures.
 Everything is written under --runs (default runs/); `all` packs the results (no weights but the
-epoch-1000 model) into --out.
+epoch-100/1000 models and two RHA encoders) into --out.
+
+Sizing (benchmarks/results/gpu-study/: ms per step of each workload alone on an H200): the three
+trainings need ~352 s, the 36 refits <= 174 s, the gaps jobs ~90 s on 15 cores, the mlp RHA ~60 s
+per model, the context-model RHA ~620 s per model. Workloads sharing the GPU slow each other (the
+first run, under MPS, trained at 2-3.5 ms per step instead of 0.6), so run the chains apart:
+`all --only seed` in one call (training), then the same command again while the machine is warm
+(runs/ is kept; finished trainings are skipped) for the refits and gaps; the RHA chains in a lease
+of their own.
 """
 from __future__ import annotations
 
@@ -476,6 +484,11 @@ def run_all(args) -> None:
               "rha-ctx2": [("gpu:rha-mnist-ctx", py + ["rha", "mnist-ctx"] + common)]}
     rha_refs = {f"gpu:rha-{slug(m)}": m for m in ("mnist-bin-paper", "mnist-bin", "mnist-bin-ctx", "mnist-ctx",
                                                    last_ckpt)}
+    if args.only:
+        chains = {k: v for k, v in chains.items() if k in args.only.split(",")}
+    if all((runs / nm / "checkpoints" / f"epoch_{last:04d}").is_dir() for nm in names) and "seed" in chains:
+        chains["seed"].pop(0)              # trained in an earlier call (a warm machine keeps runs/)
+        pool.finished["gpu:train"] = 0
     measured: set = set()
     while time.time() < deadline:
         pool.poll()
@@ -568,6 +581,8 @@ def main() -> None:
     ap.add_argument("--cpu-jobs", type=int, default=max(1, (os.cpu_count() or 2) - 1),
                     help="processes at a time, GPU jobs included (each GPU job keeps a core busy launching)")
     ap.add_argument("--tiny", action="store_true")
+    ap.add_argument("--only", default=None,
+                    help="all: only these GPU chains, comma-separated: seed, rha-mlp, rha-ctx1, rha-ctx2")
     ap.add_argument("--data-dir", default=None)
     args = ap.parse_args()
     runs = Path(args.runs)
