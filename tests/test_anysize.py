@@ -112,6 +112,29 @@ def test_colour_conv_model_codes_any_size_on_both_paths():
             assert np.array_equal(decompress(data, model, "00" * 32)[0], x), (coder_path, shape)
 
 
+def test_exact_conv_nets_on_bands_of_rows_give_the_same_values(monkeypatch):
+    """Large images run the exact conv nets (and a colour model's 1x1 channel-context net) on bands
+    of rows to bound memory; every value equals the one-call value."""
+    from bbans_vae.ans.chains import pixel_codec
+    from bbans_vae.exact import ExactBackend
+    from bbans_vae.exact import qnet
+    model = random_model("conv-8bit", image_shape=(8, 8), channels=3, context_channels=8, hidden=(16, 16))
+    x = np.random.default_rng(1).integers(0, 256, (2, 23 * 18 * 3), dtype=np.uint8)
+
+    def values():
+        b = ExactBackend(model.at(23, 18), 8)
+        mu, sigma = b.posterior_params(x)
+        z = b.posterior_probs(x).argmax(-1)
+        return mu, sigma, pixel_codec(b, z, x).params
+
+    whole = values()
+    monkeypatch.setattr(qnet, "BAND_PATCH_VALUES", 1)          # one row per band
+    monkeypatch.setattr(qnet, "CONTEXT_BAND_VALUES", 1)
+    for a, b in zip(whole, values()):
+        for u, v in (zip(a, b) if isinstance(a, tuple) else [(a, b)]):
+            assert np.array_equal(u, v)
+
+
 # ----------------------------------------------------------------------------- mixed sizes, one file
 
 

@@ -262,9 +262,10 @@ def push_cheap_plain(backend: Backend, msg: Message, flat: np.ndarray) -> np.nda
     L, D, k = len(flat), backend.latent_dim, backend.buckets.bits
     mode = backend.posterior_probs(flat).argmax(-1)
     cands = np.stack([_coarse_latents(mode, k, p)[1] for p in range(k + 1)], 1)          # (L, k+1, D)
-    x_rep = np.repeat(flat, k + 1, axis=0)
-    params = pixel_codec(backend, cands.reshape(-1, D), x_rep).params
-    cost = -backend.pixel_log2_prob(params, x_rep).reshape(L, k + 1) + np.arange(k + 1) * D
+    cost = np.empty((L, k + 1))
+    for p in range(k + 1):      # one precision at a time: memory of one pass (a photo: 1/(k+1) of all at once)
+        params = pixel_codec(backend, cands[:, p], flat).params
+        cost[:, p] = -backend.pixel_log2_prob(params, flat) + p * D
     best = cost.argmin(-1)
     z = cands[np.arange(L), best]
     pixel_codec(backend, z, flat).push(msg, flat)

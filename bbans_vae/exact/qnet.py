@@ -20,6 +20,8 @@ N_CONTEXT_CALIBRATION = 64    # of those, for a context net (its patches are 9x 
 WEIGHT_BITS = 18
 LO_WEIGHT_BITS = 18           # context nets: weights of WEIGHT_BITS + LO_WEIGHT_BITS bits (QSplitLayer)
 FIRST_WEIGHT_BITS = 24
+BAND_PATCH_VALUES = 1 << 21     # im2col values per band of rows when a conv net runs on a large grid
+CONTEXT_BAND_VALUES = 1 << 16   # values per band of rows when a 1x1 context net runs on a large image
 ACC_BITS = 51                 # |sum of products| < 2^51, |bias| <= 2^51: all partial sums < 2^52
 
 
@@ -296,10 +298,27 @@ class QConvNet:
         self.layers = _calibrate(prepared, in_exp, in_bits, chunks, lambda i, a: _im2col(a, self.ksize[i]))
 
     def __call__(self, a: np.ndarray) -> np.ndarray:
-        B, h, w = a.shape[:3]
-        for i, q in enumerate(self.layers[:-1]):
-            a = q.hidden(_im2col(a, self.ksize[i])).reshape(B, h, w, -1)
-        return self.layers[-1].output(_im2col(a, self.ksize[-1])).reshape(B, h, w, -1)
+        for i, q in enumerate(self.layers):
+            a = _banded(q.hidden if i < len(self.layers) - 1 else q.output, a, self.ksize[i])
+        return a
+
+
+def _banded(fn: Callable[[np.ndarray], np.ndarray], a: np.ndarray, k: int) -> np.ndarray:
+    """fn over the k x k im2col patches of (B, h, w, C) `a` -> (B, h, w, out), on bands of rows
+    (with their k // 2 rows of halo) so the patches of a large grid never exist all at once; each
+    output row reads only its own patch, so the values are those of one call."""
+    B, h, w, C = a.shape
+    rows = max(1, BAND_PATCH_VALUES // (B * w * C * k * k))
+    if h <= rows:
+        return fn(_im2col(a, k)).reshape(B, h, w, -1)
+    p, parts = k // 2, []
+    for r0 in range(0, h, rows):
+        r1 = min(h, r0 + rows)
+        s0, s1 = max(0, r0 - p), min(h, r1 + p)
+        at = np.zeros((s1 - s0, w), bool)
+        at[r0 - s0:r1 - s0] = True
+        parts.append(fn(_im2col(a[:, s0:s1], k, at)).reshape(B, r1 - r0, w, -1))
+    return np.concatenate(parts, axis=1)
 
 
 class QContext:
@@ -357,7 +376,21 @@ class QContext:
     def __call__(self, out: np.ndarray, x: np.ndarray, vis: np.ndarray, sel: np.ndarray | None = None) -> np.ndarray:
         """out (B, P*k) exact decoder output, x (B, P) pixel symbols, vis (P,) bool -> out +
         correction (B, P*k). With `sel` (P,) bool, only the pixels of sel are corrected (each layer
-        runs only where a later layer reads it); the others keep out's values."""
+        runs only where a later layer reads it); the others keep out's values. A net of 1x1
+        convolutions (the conv colour models' channel context) runs on bands of image rows, so a
+        photo's memory stays bounded; a pixel reads only itself, so the values are the same."""
+        n = self.W * self.C                                         # values per image row
+        rows = max(1, CONTEXT_BAND_VALUES // (len(out) * n))
+        if max(self.ksize) > 1 or self.H <= rows:
+            return self._call(out, x, vis, sel)
+        k, parts = self.k, []
+        for r0 in range(0, self.H, rows):
+            a, b = r0 * n, min(self.H, r0 + rows) * n
+            band = self.at(b // n - r0, self.W, self.phase[a:b])
+            parts.append(band._call(out[:, a * k:b * k], x[:, a:b], vis[a:b], None if sel is None else sel[a:b]))
+        return np.concatenate(parts, axis=1)
+
+    def _call(self, out: np.ndarray, x: np.ndarray, vis: np.ndarray, sel: np.ndarray | None = None) -> np.ndarray:
         B, H, W, k = out.shape[0], self.H, self.W, self.k * self.C
         a = self._input(out, x, vis[None, :])
         # the pixels to compute: those holding a selected value (a pixel's C*k outputs come together)
