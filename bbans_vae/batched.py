@@ -21,7 +21,6 @@ and on a CPU use different noise (and are reported as such).
 """
 from __future__ import annotations
 
-import copy
 from typing import Callable
 
 import torch
@@ -183,10 +182,6 @@ class LockstepTrainer:
         self.graph = g
         self._reset()
 
-    def start_snapshot(self) -> None:
-        """Remember the parameters as the start (done by the capture; call it before eager use)."""
-        self._start = [p.detach().clone() for p in self.params]
-
     def load(self, values: dict) -> None:
         for k, v in values.items():
             self.inputs[k].copy_(v, non_blocking=True)
@@ -197,10 +192,3 @@ class LockstepTrainer:
         else:
             self._eager()
 
-
-def stack_encoders(models: list[VAE], device) -> Stacked:
-    return Stacked([copy.deepcopy(m.encoder) for m in models]).to(device)
-
-
-def stack_decoders(models: list[VAE], device) -> Stacked:
-    return Stacked([copy.deepcopy(m.decoder) for m in models]).to(device)

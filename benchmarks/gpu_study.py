@@ -225,8 +225,7 @@ def write_refit_state(state_dir: Path, encoder_state: dict, epochs: int, history
 
 def refit_stacked(models: list, images: np.ndarray, state_dirs: list[Path], tol: float, min_epochs: int,
                   max_epochs: int, deadline: float, seed: int = 0, shared_decoder: bool = False,
-                  fixed_epochs: bool = False, train_images: np.ndarray | None = None,
-                  losses=None, label: str = "") -> None:
+                  label: str = "") -> None:
     """Encoder refits of R models at once (each with its own decoder, or one shared frozen model),
     `gaps.refit_encoder`'s loop: shuffling seeded (seed, epoch), until converged or max_epochs."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -287,7 +286,7 @@ def refit_stacked(models: list, images: np.ndarray, state_dirs: list[Path], tol:
             hist[r].append(float(ls[r]))
             curves[r].append((epoch, float(vals[r])))
             rel, se = G.relative_change_last10(curves[r], epoch, 1)
-            conv = (not fixed_epochs) and epoch >= min_epochs and G.is_converged(rel, se, tol)
+            conv = epoch >= min_epochs and G.is_converged(rel, se, tol)
             if conv or epoch == max_epochs or out_of_time:
                 write_refit_state(state_dirs[r], enc.export(r), epoch, hist[r], curves[r], bool(conv),
                                   time.time() - t0, f"{device_name()}; {R} encoders stacked"

@@ -19,7 +19,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bbans_vae.gaps import independent_gap, paired_gap, stderr  # noqa: E402
+from bbans_vae.gaps import paired_gap, stderr  # noqa: E402
 
 RUNS = {"seed-1k": 1_000, "seed-10k": 10_000, "seed-full": 60_000}
 VARIANTS = ("control", "rha-prior", "rha-recon")
