@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Issue 14's GPU run (benchmarks/gpu_study.py all) as it was given to the lent GPU machine:
-#   OUT=<folder> DEADLINE_S=<seconds> bash benchmarks/gpu_study.sh
+#   OUT=<folder> DEADLINE_S=<seconds> [ONLY=seed] bash benchmarks/gpu_study.sh   (ONLY: gpu_study.py all --only)
 # It needs the MNIST files under $VAECOMPRESS_DATA (default .devdata/MNIST/raw/*.gz, carried there)
 # and, where constriction is not installed, its wheel in .whl/ (pip download constriction==0.5.0 for
 # the machine's Python). It tries NVIDIA MPS so the study's GPU processes share the chip instead of
@@ -25,6 +25,6 @@ if command -v nvidia-cuda-mps-control >/dev/null 2>&1; then
     echo "MPS did not start; without it" | tee -a "$OUT/machine.txt"
   fi
 fi
-python3 benchmarks/gpu_study.py all --runs runs --out "$OUT" --deadline-s "${DEADLINE_S:-540}" --cpu-jobs 15 2>&1 | tee "$OUT/driver.log"
+python3 benchmarks/gpu_study.py all --runs runs --out "$OUT" --deadline-s "${DEADLINE_S:-540}" --cpu-jobs 15 ${ONLY:+--only "$ONLY"} 2>&1 | tee "$OUT/driver.log"
 [ -n "${GPU_STUDY_MPS:-}" ] && echo quit | nvidia-cuda-mps-control 2>/dev/null
 exit 0
