@@ -226,6 +226,9 @@ def train(run_dir: Path, args: TrainArgs, device: str = "cpu", meta: dict | None
             write_json_atomic(run_json, run_record)
         if init_model.cfg == cfg:
             model = init_model
+        elif replace(init_model.cfg, context_levels=cfg.context_levels) == cfg:
+            # the same weights in a deeper (or shallower) multi-scale phase order: all of them fit
+            model.load_state_dict(init_model.state_dict())
         elif replace(init_model.cfg, arch=cfg.arch, context_channels=cfg.context_channels) == cfg:
             # an mlp checkpoint starts a context model: same encoder/decoder, fresh context net
             # (a colour mlp's 1x1 channel-context net does not fit a ctx model's 3x3 one: not copied)

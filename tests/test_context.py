@@ -35,7 +35,23 @@ def test_checkerboard_phases_cover_each_2x2_block_once():
         assert int((ph == p).sum()) == 196
 
 
-@pytest.mark.parametrize("preset", ["ctx-bin", "ctx-8bit"])
+def test_two_level_checkerboard_leaves_one_pixel_in_16_without_context():
+    """ctx7 presets: phase 0 is the (0, 0) mod 4 grid; every other pixel has an already-coded
+    pixel within distance 2 (inside the context net's 5 x 5 receptive field), and phases 4-6
+    are the 1-level order's phases 1-3, so the finest level is the usual checkerboard."""
+    ph = checkerboard_phases(28, 28, 2).view(28, 28)
+    one = checkerboard_phases(28, 28).view(28, 28)
+    assert [int((ph == p).sum()) for p in range(7)] == [49] * 4 + [196] * 3
+    assert torch.equal(ph == 0, (torch.arange(28).view(-1, 1) % 4 == 0) & (torch.arange(28).view(1, -1) % 4 == 0))
+    assert torch.equal(ph[one > 0] - 3, one[one > 0])
+    padded = torch.nn.functional.pad(ph, (2, 2, 2, 2), value=99)
+    for r in range(28):
+        for c in range(28):
+            if ph[r, c] > 0:
+                assert int(padded[r:r + 5, c:c + 5].min()) < int(ph[r, c])
+
+
+@pytest.mark.parametrize("preset", ["ctx-bin", "ctx-8bit", "ctx7-bin", "ctx7-8bit"])
 def test_teacher_forcing_matches_phase_by_phase(preset, sample_images):
     """The training likelihood (all phases at once) is what the coder uses (one phase at a time),
     and a pixel's parameters never depend on pixels of its own or a later phase."""
@@ -45,7 +61,7 @@ def test_teacher_forcing_matches_phase_by_phase(preset, sample_images):
     with torch.no_grad():
         out, forced = m.decode(z), m.pixel_out(z, x)
         k = m.likelihood.params_per_pixel
-        for p in range(4):
+        for p in range(m.n_phases):
             sel = (m.phase == p).repeat_interleave(k)
             one = m.phase_out(out, x, p)
             assert torch.allclose(one[:, sel], forced[:, sel], atol=1e-5)
@@ -53,7 +69,7 @@ def test_teacher_forcing_matches_phase_by_phase(preset, sample_images):
             assert torch.equal(m.phase_out(out, scrambled, p)[:, sel], one[:, sel])
 
 
-@pytest.mark.parametrize("preset", ["ctx-bin", "ctx-8bit"])
+@pytest.mark.parametrize("preset", ["ctx-bin", "ctx-8bit", "ctx7-bin", "ctx7-8bit"])
 @pytest.mark.parametrize("chains", [1, 5])
 def test_context_roundtrip_is_exact(preset, chains, sample_images):
     m = ctx_model(preset)
@@ -73,7 +89,7 @@ def test_context_code_length_tracks_neg_elbo(sample_images):
     assert abs(enc.ideal_bits.mean() / float(nelbo.mean()) - 1) < 0.02
 
 
-@pytest.mark.parametrize("preset", ["ctx-bin", "ctx-8bit"])
+@pytest.mark.parametrize("preset", ["ctx-bin", "ctx-8bit", "ctx7-bin"])
 def test_context_models_default_to_the_exact_path(preset, sample_images):
     m = ctx_model(preset)
     x = images_for(m, sample_images, 12)

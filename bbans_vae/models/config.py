@@ -24,6 +24,7 @@ class ModelConfig:
     mixtures: int = 1                   # logistic mixture components (likelihood == "logistic")
     context_channels: int = 0           # width of the pixel-context conv net (arch "ctx", or colour)
     channels: int = 1                   # 1 (gray) or 3 (colour: channels coded in order)
+    context_levels: int = 1             # arch "ctx": checkerboard levels; 3*levels+1 phases (context.py)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -31,6 +32,8 @@ class ModelConfig:
         d["hidden"] = list(self.hidden)
         if self.channels == 1:
             del d["channels"]               # gray configs stay as they were before colour existed
+        if self.context_levels == 1:
+            del d["context_levels"]         # so do 4-phase context models
         return d
 
     @staticmethod
@@ -46,6 +49,7 @@ class ModelConfig:
                 mixtures=int(d.get("mixtures", 1)),
                 context_channels=int(d.get("context_channels", 0)),
                 channels=int(d.get("channels", 1)),
+                context_levels=int(d.get("context_levels", 1)),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise ModelError(f"model config is incomplete or malformed ({e!r})") from None
@@ -72,6 +76,8 @@ class ModelConfig:
             raise ModelError("mixtures must be in 1..16")
         if self.has_context != (self.context_channels > 0) or self.context_channels > 512:
             raise ModelError("context_channels must be in 1..512 for arch 'ctx' and colour models, 0 otherwise")
+        if not (1 <= self.context_levels <= 3) or (self.context_levels > 1 and self.arch != "ctx"):
+            raise ModelError("context_levels must be in 1..3, and above 1 only for arch 'ctx'")
         if self.has_context and self.likelihood == "logistic":
             raise ModelError("context and colour models support the bernoulli and gaussian likelihoods")
 
