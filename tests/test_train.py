@@ -105,3 +105,23 @@ def test_evaluate_gives_the_same_numbers_for_every_worker_count(fresh_encoder_ck
            for w in ("1", "3")]
     assert cli[0].exit_code == 0, cli[0].output
     assert cli[0].output == cli[1].output
+
+
+def test_a_4_phase_context_model_starts_a_7_phase_one_with_all_its_weights(real_data_root, tmp_path):
+    """--init with the same architecture but context_levels 2 (presets ctx7-*): every weight is
+    taken over (the context net included); only the coding order and the masks change."""
+    ctx4 = dataclasses.replace(preset_config("ctx-bin"), hidden=(64,), latent_dim=8, context_channels=8)
+    ctx7 = dataclasses.replace(ctx4, context_levels=2)
+    torch.manual_seed(0)
+    m4 = build_model(ctx4)
+    with torch.no_grad():
+        for p in m4.context.parameters():
+            p.copy_(torch.randn(p.shape) * 0.1)
+    save_checkpoint(tmp_path / "ctx4", m4, {"dataset": "mnist-bin"})
+    out = train(tmp_path / "ctx7", TrainArgs(dataset="mnist-bin", model=ctx7.to_dict(), epochs=1, train_size=100,
+                                             data_dir=str(real_data_root), init=str(tmp_path / "ctx4"), lr=1e-12))
+    m7, config = load_checkpoint(out)
+    assert m7.cfg.context_levels == 2 and m7.n_phases == 7 and config["model"]["context_levels"] == 2
+    for name, p in m4.state_dict().items():      # lr 1e-12: the weights are the init's (to float32 rounding)
+        assert torch.allclose(p, m7.state_dict()[name], atol=1e-9), name
+    assert "context_levels" not in ctx4.to_dict()                  # 4-phase configs stay as they were
