@@ -1,7 +1,7 @@
 """How much of the RHA gain survives refinement, in real bits (issue 14, item 4: K in {0, 2, 10}).
 
 The same decoder with three encoders: the baseline (bundled mnist-bin-ctx-v1), its Reverse
-Half-Asleep fine-tune with prior dreams (seed 0; bundled as mnist-bin-ctx since 2026-12-04) and
+Half-Asleep fine-tune with prior dreams (seed 0; bundled as mnist-bin-ctx on 2026-12-04, mnist-bin-ctx-v2 since) and
 the one with reconstruction dreams (seed 0; `runs/rha-rebundle`, made by `rha_rebundle.py`).
 Each codes the same seeded random subset of the test images as one real file with K transmit-free
 refinement steps (K = 0: the default exact path; K > 0: float32, as refinement needs it); every
@@ -28,7 +28,7 @@ from bbans_vae import gaps as G  # noqa: E402
 from bbans_vae.checkpoint import load_model, write_json_atomic  # noqa: E402
 from bbans_vae.data import load_dataset  # noqa: E402
 
-ENCODERS = {"baseline": "mnist-bin-ctx-v1", "rha-prior": "mnist-bin-ctx",
+ENCODERS = {"baseline": "mnist-bin-ctx-v1", "rha-prior": "mnist-bin-ctx-v2",
             "rha-recon": "runs/rha-rebundle/mnist-bin-ctx-rha-recon-seed0"}
 
 
