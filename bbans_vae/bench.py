@@ -1,18 +1,22 @@
 """`vaecompress bench`: BB-ANS against classical lossless codecs on the same images.
 
-`run_bench` measures, for each dataset (its test split, or the first `limit` images):
+`run_bench` measures, for each dataset (its test split, or a seeded random `limit` of its images,
+kept in dataset order; MNIST's test set is not in random order, so never "the first N"):
 
 * classical codecs (`baselines.measure`, every protocol: ``stream``, ``per_image``, ``mosaic``;
   binary data also as bit-packed bytes and 1-bit images);
 * BB-ANS with every compatible model (same pixel kind and image shape) in three protocols:
   ``all`` (one .vae file holding every image, default chains), ``chunks100`` (one file per 100
-  consecutive images, 1 chain each, sizes summed) and ``single`` (one file per image, on the
-  first `single_images` images), which shows the one-time chain-start cost (`initial_bits`);
+  consecutive images, 1 chain each, sizes summed) and ``single`` (one file per image, on a
+  seeded random `single_images` of the images), which shows the one-time chain-start cost (`initial_bits`);
   each row is decoded in full and compared pixel for pixel, and timed against the bare network
   forward passes over the same images in the same batches (one batch per coding round, one
   thread, as coding runs);
 * a speed sweep (chains 1, 4, 16, 64 on the full set) with the main binary model;
-* a rate-vs-number-of-images curve (one file holding the first n images) for each model.
+* a rate-vs-number-of-images curve (one file holding n images: the first n of one seeded random
+  order, so the sets are nested) for each model.
+
+Every subset comes from `numpy.random.default_rng(SUBSET_SEED)` (recorded in the settings).
 
 The result is a JSON-able dict; `vaecompress_cli.render` turns it into the headline table,
 results.json, README.md and plots. Nothing here prints; progress is reported through a callback
@@ -65,9 +69,10 @@ PROTOCOLS = {
     "chunks100": f"BB-ANS: one .vae file per {CHUNK_IMAGES} consecutive images, 1 chain each, "
                  "container sizes summed",
     "single": "BB-ANS: one .vae file per image (1 chain; an image alone in a chain cannot get bits "
-              "back, so it pays its full latent cost as initial_bits), on the first {single} images",
+              "back, so it pays its full latent cost as initial_bits), on a seeded random {single} of the images",
 }
 BBANS_PROTOCOLS = ("all", "chunks100", "single")
+SUBSET_SEED = 0          # seeds every random subset and order (`--limit`, `single`, the rate curve)
 
 
 def refine_protocol(steps: int) -> str:
@@ -296,6 +301,7 @@ class _Plan:
     workers: int = 1
     steps: list = field(default_factory=list)
     images: dict = field(default_factory=dict)
+    order: dict = field(default_factory=dict)       # dataset -> seeded random permutation of its images
     nelbo: dict = field(default_factory=dict)
     datasets: dict = field(default_factory=dict)
 
@@ -316,11 +322,15 @@ class _Plan:
         split = spec.eval_split                      # built-in datasets: "test"; a path: all its images
         x = spec.images(split)
         total = len(x)
-        x = np.ascontiguousarray(x[:self.limit]) if self.limit else x
+        if self.limit and self.limit < total:
+            keep = np.sort(np.random.default_rng(SUBSET_SEED).permutation(total)[:self.limit])
+            x = np.ascontiguousarray(x[keep])
         self.images[d] = x
+        self.order[d] = np.random.default_rng(SUBSET_SEED).permutation(len(x))
         self.datasets[d] = {"dataset": d, "description": spec.description, "pixel_kind": spec.pixel_kind,
                             "split": split, "n_images": len(x), "split_size": total,
-                            "selection": f"first {len(x)} of {total} {split} images" if len(x) < total
+                            "selection": (f"seeded random {len(x)} of {total} {split} images (seed {SUBSET_SEED}, "
+                                          "in dataset order)") if len(x) < total
                             else f"all {total} {split} images",
                             "models": [m.name for m in fits], "rows": []}
 
@@ -341,9 +351,10 @@ class _Plan:
             row = _code_files(m, x, nb, proto, CHUNK_IMAGES, 1, lb, workers=self.workers)
         elif proto == "single":
             k = min(self.single_images, len(x))
-            row = _code_files(m, x[:k], nb, proto, 1, 1, lb, workers=self.workers)
+            pick = self.order[d][:k]
+            row = _code_files(m, np.ascontiguousarray(x[pick]), nb[pick], proto, 1, 1, lb, workers=self.workers)
             if k < len(x):
-                row["subset"] = f"first {k} images"
+                row["subset"] = f"seeded random {k} images"
         else:                                                          # all, all+refineK
             row = _code_files(m, x, nb, proto, len(x), None, lb, refine_steps=n_refine, workers=self.workers)
         self.datasets[d]["rows"].append(row)
@@ -365,8 +376,9 @@ class _Plan:
             if n == len(x) and all_row is not None:
                 row = all_row
             else:
-                row = _code_files(m, x[:n], self.nelbo[(d, m.name)], "all", n, None, self.latent_bits,
-                                  with_forward=False, workers=self.workers)
+                pick = self.order[d][:n]
+                row = _code_files(m, np.ascontiguousarray(x[pick]), self.nelbo[(d, m.name)][pick], "all", n, None,
+                                  self.latent_bits, with_forward=False, workers=self.workers)
             curve["points"].append({k: row.get(k) for k in CURVE_KEYS})
 
 
@@ -386,7 +398,7 @@ def run_bench(datasets: Sequence[str] = DATASETS, models: Sequence[str] | None =
     datasets: dataset names (test split each) or paths (all their images; `pixels` as in
       `data.open_dataset`). models: model references (bundled names or
       checkpoint directories); None = every bundled model; [] = none (classical only).
-    limit: only the first `limit` test images of each dataset. chains_list: the speed sweep.
+    limit: a seeded random `limit` of each dataset's test images (kept in dataset order). chains_list: the speed sweep.
     classical: run `baselines.measure`; codecs: restrict it to these registry names.
     effort: JPEG-XL effort (None = the library's maximum). sweep_model: model for the speed
       sweep (default: bundled `mnist-bin` if given, else the first binary model, else the first).
@@ -462,6 +474,7 @@ def run_bench(datasets: Sequence[str] = DATASETS, models: Sequence[str] | None =
                      "chains_sweep": [int(c) for c in chains_list], "chunk_images": CHUNK_IMAGES,
                      "single_images": single_images, "curve_sizes": [int(n) for n in curve_sizes],
                      "latent_bits": latent_bits, "refine_steps": refine_steps, "workers": plan.workers,
+                     "subset_seed": SUBSET_SEED,
                      "neg_elbo": "dataset_neg_elbo_bits: exact KL + 1-sample MC reconstruction, seed 0"},
         "protocols": {**{k: v.format(single=single_images) for k, v in PROTOCOLS.items()},
                       **{refine_protocol(k): refine_protocol_text(k) for k in refine_steps}},

@@ -851,7 +851,7 @@ def _gaps_in_workers(run_dir: Path, cfg, data_dir, workers: int, on_stage) -> No
               help="Bundled model name or checkpoint/run directory (repeatable). Default: every bundled model; "
                    "each is run on every dataset it fits (same pixel kind and image size).")
 @click.option("--limit", type=click.IntRange(1), default=None,
-              help="Only the first N test images of each dataset.  [default: all; --quick: 200]")
+              help="A seeded random N of each dataset's test images (never the first N).  [default: all; --quick: 200]")
 @click.option("--out", "-o", "out_dir", type=click.Path(file_okay=False), default=None,
               help="Write results.json, README.md and plots (PNG) into this directory.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None, help="Write the full result as JSON.")
@@ -880,12 +880,12 @@ def bench(datasets, pixels, model_refs, limit, out_dir, json_out, no_classical, 
     Classical codecs (gzip, bz2, xz, zstd, brotli, PNG, WebP, JPEG-XL, JPEG-LS) run on the whole set
     as one stream, per image and as one mosaic. BB-ANS runs with every fitting model in three
     protocols: `all` (one file), `chunks100` (one file per 100 images, 1 chain each) and `single`
-    (one file per image, first 200 images: shows the one-time chain-start cost). Every result is
+    (one file per image, a seeded random 200 images: shows the one-time chain-start cost). Every result is
     decoded and checked pixel for pixel. Also: a speed sweep over chain counts with the main binary
     model (images/s encode and decode vs the bare network forward passes) and the rate of one file
-    holding the first n images (n = 1, 10, 100, 1000, 10000).
+    holding n images (n = 1, 10, 100, 1000, 10000; nested seeded random subsets).
 
-    --quick: mnist-bin and mnist, first 200 images, JPEG-XL effort 7, sweep 1,4,16 chains, 50
+    --quick: mnist-bin and mnist, a seeded random 200 images, JPEG-XL effort 7, sweep 1,4,16 chains, 50
     single-image files.
 
     \b

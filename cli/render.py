@@ -118,7 +118,7 @@ def format_markdown(result: dict, plot_names: Sequence[str] = ()) -> str:
          f"{m['platform']}. BB-ANS coding and the forward-pass timing run on 1 torch thread.", "",
          "Versions: " + ", ".join(f"{k} {val}" for k, val in v.items() if val) + ".", "",
          f"Images: the `{s['split']}` split of each dataset"
-         + (f", first {s['limit']} images" if s["limit"] else "") + f". JPEG-XL effort {s['jpegxl_effort']}. "
+         + (f", a seeded random {s['limit']} of its images (seed {s.get('subset_seed', 0)})" if s["limit"] else "") + f". JPEG-XL effort {s['jpegxl_effort']}. "
          f"BB-ANS latents: 2^{s['latent_bits']} equal-mass buckets per dimension. "
          "bpd = bits per pixel (dimension) = 8 x bytes / (images x pixels). "
          "Every row was decoded and compared with the input pixel for pixel.", ""]
@@ -179,7 +179,7 @@ def format_markdown(result: dict, plot_names: Sequence[str] = ()) -> str:
     if result["rate_curves"]:
         sizes = sorted({p["n_images"] for c in result["rate_curves"] for p in c["points"]})
         L += ["", "## Rate vs number of images in one file", "",
-              "actual bpd of one .vae file holding the first n images (default chains); the chain-start "
+              "actual bpd of one .vae file holding n images (the first n of one seeded random order; default chains); the chain-start "
               "cost is amortized over more images as n grows. In brackets: the model's -ELBO bpd on the same images.",
               "", "| model | dataset | " + " | ".join(f"n={n}" for n in sizes) + " |",
               "|---|---|" + "---:|" * len(sizes)]

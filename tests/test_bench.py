@@ -46,7 +46,7 @@ def test_rows_for_every_protocol(result, tiny):
         assert set(ours) == set(BBANS_PROTOCOLS)
         assert ours["chunks100"]["files"] == 2 and ours["chunks100"]["chains"] == 1
         assert ours["single"]["n_images"] == 10 and ours["single"]["files"] == 10
-        assert ours["single"]["subset"] == "first 10 images"
+        assert ours["single"]["subset"] == "seeded random 10 images"
         for r in ours.values():
             assert r["lossless_verified"] and r["error"] is None
             n = r["n_images"]
@@ -63,6 +63,32 @@ def test_rows_for_every_protocol(result, tiny):
         assert h["ratio"] == pytest.approx(h["ours_bpd"] / h["classical_bpd"])
         assert h["ours_bpd"] == min(r["bpd"] for r in ours.values() if not r.get("subset"))
     assert result["all_verified"]
+
+
+def test_subsets_are_seeded_random_not_the_first_n(result, tiny, real_data_root):
+    # MNIST's test set is not in random order: `--limit`, `single` and the rate curve must not take
+    # its first N images. The same seed gives the same subset; the single files' -ELBO is the sum
+    # over exactly the picked images.
+    import numpy as np
+    from bbans_vae.bench import SUBSET_SEED, _Plan
+    from bbans_vae.data import open_dataset
+    spec = open_dataset("mnist-bin", data_root=real_data_root)
+    full = spec.images("test")
+    keep = np.sort(np.random.default_rng(SUBSET_SEED).permutation(len(full))[:N])
+    plan = _Plan({"mnist-bin": spec}, N, None, 7, 10, (), 8, real_data_root, [])
+    plan.load("mnist-bin", [])
+    assert np.array_equal(plan.images["mnist-bin"], full[keep])
+    assert not np.array_equal(plan.images["mnist-bin"], full[:N])
+    rd = result["datasets"]["mnist-bin"]
+    assert rd["selection"].startswith(f"seeded random {N} of {len(full)} test images")
+    assert result["settings"]["subset_seed"] == SUBSET_SEED
+    ours = {r["protocol"]: r for r in rd["rows"] if r["ours"]}
+    from bbans_vae.checkpoint import load_model
+    from bbans_vae.objectives import dataset_neg_elbo_bits
+    nb = dataset_neg_elbo_bits(load_model(tiny["bin"])[0], plan.images["mnist-bin"])
+    pick = plan.order["mnist-bin"][:10]
+    assert ours["single"]["neg_elbo_bits"] == pytest.approx(float(nb[pick].sum()))
+    assert ours["single"]["neg_elbo_bits"] != pytest.approx(float(nb[:10].sum()))
 
 
 def test_sweep_curves_and_metadata(result, tiny):
@@ -91,7 +117,7 @@ def test_write_results(result, tmp_path):
     assert all(p.stat().st_size > 0 for p in paths)
     assert json.loads((tmp_path / "out" / "results.json").read_text())["format"] == "vaecompress-bench/1"
     md = (tmp_path / "out" / "README.md").read_text()
-    for s in ("## Headline", "## mnist-bin", "## mnist", "## Speed sweep", "chunks100", "first 10 images only"):
+    for s in ("## Headline", "## mnist-bin", "## mnist", "## Speed sweep", "chunks100", "seeded random 10 images only"):
         assert s in md, s
     assert "ratio" in format_headline(res)
 
