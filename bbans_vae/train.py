@@ -66,6 +66,26 @@ OBJECTIVES = {
 }
 
 
+
+def deepen_context(old: dict, new: dict, old_layers: int, new_layers: int) -> dict:
+    """State dict of a context model with `new_layers` hidden context convs built from one with
+    `old_layers` (fewer): every encoder/decoder weight and old context layer copied, the inserted
+    c -> c layers (placed before the output layer) set to the identity kernel with zero bias, so
+    the deeper model computes exactly what the old one did. Sequential index of hidden conv i: 2i;
+    of the output conv: 2 * layers."""
+    out = {k: v.clone() for k, v in old.items() if not k.startswith("context.")}
+    for i in range(old_layers):
+        for part in ("weight", "bias"):
+            out[f"context.{2 * i}.{part}"] = old[f"context.{2 * i}.{part}"].clone()
+    for i in range(old_layers, new_layers):
+        w = torch.zeros_like(new[f"context.{2 * i}.weight"])                 # (c, c, k, k)
+        c, k = w.shape[0], w.shape[-1]
+        w[torch.arange(c), torch.arange(c), k // 2, k // 2] = 1.0
+        out[f"context.{2 * i}.weight"], out[f"context.{2 * i}.bias"] = w, torch.zeros(c, dtype=w.dtype)
+    for part in ("weight", "bias"):
+        out[f"context.{2 * new_layers}.{part}"] = old[f"context.{2 * old_layers}.{part}"].clone()
+    return out
+
 def _loss_fn(objective: str):
     if objective in ("elbo", "encoder-elbo"):
         return lambda model, x, gen: neg_elbo_bits(model, x, gen=gen).mean()
@@ -229,6 +249,12 @@ def train(run_dir: Path, args: TrainArgs, device: str = "cpu", meta: dict | None
         elif replace(init_model.cfg, context_levels=cfg.context_levels) == cfg:
             # the same weights in a deeper (or shallower) multi-scale phase order: all of them fit
             model.load_state_dict(init_model.state_dict())
+        elif (replace(init_model.cfg, context_layers=cfg.context_layers, context_levels=cfg.context_levels) == cfg
+              and cfg.context_layers > init_model.cfg.context_layers):
+            # a deeper context net starts as the init's: its layers, then identity 3x3 convs (the
+            # input is post-ReLU, so conv-identity + ReLU passes it through), then its output layer
+            model.load_state_dict(deepen_context(init_model.state_dict(), model.state_dict(),
+                                                 init_model.cfg.context_layers, cfg.context_layers))
         elif replace(init_model.cfg, arch=cfg.arch, context_channels=cfg.context_channels) == cfg:
             # an mlp checkpoint starts a context model: same encoder/decoder, fresh context net
             # (a colour mlp's 1x1 channel-context net does not fit a ctx model's 3x3 one: not copied)

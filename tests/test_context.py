@@ -51,7 +51,7 @@ def test_two_level_checkerboard_leaves_one_pixel_in_16_without_context():
                 assert int(padded[r:r + 5, c:c + 5].min()) < int(ph[r, c])
 
 
-@pytest.mark.parametrize("preset", ["ctx-bin", "ctx-8bit", "ctx7-bin", "ctx7-8bit"])
+@pytest.mark.parametrize("preset", ["ctx-bin", "ctx-8bit", "ctx7-bin", "ctx7-8bit", "ctxw-bin", "ctxw-8bit"])
 def test_teacher_forcing_matches_phase_by_phase(preset, sample_images):
     """The training likelihood (all phases at once) is what the coder uses (one phase at a time),
     and a pixel's parameters never depend on pixels of its own or a later phase."""
@@ -69,7 +69,7 @@ def test_teacher_forcing_matches_phase_by_phase(preset, sample_images):
             assert torch.equal(m.phase_out(out, scrambled, p)[:, sel], one[:, sel])
 
 
-@pytest.mark.parametrize("preset", ["ctx-bin", "ctx-8bit", "ctx7-bin", "ctx7-8bit"])
+@pytest.mark.parametrize("preset", ["ctx-bin", "ctx-8bit", "ctx7-bin", "ctx7-8bit", "ctxw-bin", "ctxw-8bit"])
 @pytest.mark.parametrize("chains", [1, 5])
 def test_context_roundtrip_is_exact(preset, chains, sample_images):
     m = ctx_model(preset)
@@ -89,7 +89,7 @@ def test_context_code_length_tracks_neg_elbo(sample_images):
     assert abs(enc.ideal_bits.mean() / float(nelbo.mean()) - 1) < 0.02
 
 
-@pytest.mark.parametrize("preset", ["ctx-bin", "ctx-8bit", "ctx7-bin"])
+@pytest.mark.parametrize("preset", ["ctx-bin", "ctx-8bit", "ctx7-bin", "ctxw-8bit"])
 def test_context_models_default_to_the_exact_path(preset, sample_images):
     m = ctx_model(preset)
     x = images_for(m, sample_images, 12)

@@ -58,7 +58,8 @@ def models(tmp_path_factory):
             ("8bit", random_model, "mlp-bbans-8bit", {"hidden": (64,), "latent_dim": 8}),
             ("mix", random_model, "mlp-8bit-mix", {"hidden": (32,), "latent_dim": 4}),
             ("ctxbin", random_ctx_model, "ctx-bin", {"hidden": (64,), "latent_dim": 8, "context_channels": 16}),
-            ("ctx8", random_ctx_model, "ctx-8bit", {"hidden": (64,), "latent_dim": 8, "context_channels": 16})]:
+            ("ctx8", random_ctx_model, "ctx-8bit", {"hidden": (64,), "latent_dim": 8, "context_channels": 16}),
+            ("ctxw8", random_ctx_model, "ctxw-8bit", {"hidden": (64,), "latent_dim": 8, "context_channels": 16})]:
         save_checkpoint(root / name, make(preset, seed=1, **kw), {"dataset": name})
         model, config, _ = load_model(str(root / name))
         out[name] = (root / name, model, config["weights_sha256"])
@@ -114,7 +115,7 @@ def test_exact_outputs_are_close_to_float(models, sample_images):
     assert np.abs(p_exact - p_float).max() < 1e-3
 
 
-@pytest.mark.parametrize("name", ["ctxbin", "ctx8"])
+@pytest.mark.parametrize("name", ["ctxbin", "ctx8", "ctxw8"])
 def test_exact_context_outputs_are_close_to_float(models, sample_images, name):
     """Context models: each phase's parameters on its own pixels match the float32 model's."""
     _, model, _ = models[name]
@@ -145,11 +146,11 @@ def test_exact_networks_are_a_function_of_the_weights(models):
 # ----------------------------------------------------------------------------- batch composition
 
 
-@pytest.mark.parametrize("name", ["bin", "8bit", "mix", "ctxbin", "ctx8"])
+@pytest.mark.parametrize("name", ["bin", "8bit", "mix", "ctxbin", "ctx8", "ctxw8"])
 def test_batch_composition_cannot_change_exact_outputs(models, sample_images, name):
     from bbans_vae.ans.chains import single_thread
     _, model, _ = models[name]
-    n = 13 if name in ("mix", "ctx8", "ctxbin") else 29
+    n = 13 if name in ("mix", "ctx8", "ctxbin", "ctxw8") else 29
     x = binary(sample_images[:n]) if is_binary_model(name) else sample_images[:n]
     full = ExactBackend(model, 8)
     with single_thread():        # speed only: thread counts are covered by the subprocess tests

@@ -125,3 +125,32 @@ def test_a_4_phase_context_model_starts_a_7_phase_one_with_all_its_weights(real_
     for name, p in m4.state_dict().items():      # lr 1e-12: the weights are the init's (to float32 rounding)
         assert torch.allclose(p, m7.state_dict()[name], atol=1e-9), name
     assert "context_levels" not in ctx4.to_dict()                  # 4-phase configs stay as they were
+
+
+def test_a_context_model_starts_a_deeper_context_net_computing_the_same(real_data_root, tmp_path):
+    """--init a 2-layer context model into a 4-layer one (presets ctxw-*): the inserted layers are
+    identity convs, so before any step the deeper model gives bit-for-bit the same likelihood
+    parameters; its receptive field is 9x9 once trained."""
+    from bbans_vae.train import deepen_context
+    for base in ("ctx-bin", "ctx-8bit"):
+        small = dataclasses.replace(preset_config(base), hidden=(64,), latent_dim=8, context_channels=8)
+        deep = dataclasses.replace(small, context_layers=4)
+        torch.manual_seed(0)
+        m2, m4 = build_model(small), build_model(deep)
+        with torch.no_grad():
+            for p in m2.context.parameters():
+                p.copy_(torch.randn(p.shape) * 0.3)
+        m4.load_state_dict(deepen_context(m2.state_dict(), m4.state_dict(), 2, 4))
+        x = (torch.rand(6, 28 * 28) < 0.3).float() * (1 if small.pixel_kind == "binary" else 255)
+        z = torch.randn(6, 8)
+        with torch.no_grad():
+            assert torch.equal(m2.pixel_out(z, x), m4.pixel_out(z, x)), base
+            assert not torch.equal(m2.pixel_out(z, x), m2.decode(z))           # the context net is live
+        assert deep.to_dict()["context_layers"] == 4 and "context_layers" not in small.to_dict()
+    save_checkpoint(tmp_path / "ctx2", m2, {"dataset": "mnist"})
+    out = train(tmp_path / "ctxw", TrainArgs(dataset="mnist", model=deep.to_dict(), epochs=1, train_size=100,
+                                             data_dir=str(real_data_root), init=str(tmp_path / "ctx2"), lr=1e-12))
+    m, config = load_checkpoint(out)
+    assert m.cfg.context_layers == 4 and config["model"]["context_layers"] == 4
+    with torch.no_grad():
+        assert torch.allclose(m.pixel_out(z, x), m2.pixel_out(z, x), atol=1e-6)

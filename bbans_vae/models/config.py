@@ -25,6 +25,7 @@ class ModelConfig:
     context_channels: int = 0           # width of the pixel-context conv net (arch "ctx", or colour)
     channels: int = 1                   # 1 (gray) or 3 (colour: channels coded in order)
     context_levels: int = 1             # arch "ctx": checkerboard levels; 3*levels+1 phases (context.py)
+    context_layers: int = 2             # hidden conv layers of the context net (arch "ctx": receptive field 2L+1)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -34,6 +35,8 @@ class ModelConfig:
             del d["channels"]               # gray configs stay as they were before colour existed
         if self.context_levels == 1:
             del d["context_levels"]         # so do 4-phase context models
+        if self.context_layers == 2:
+            del d["context_layers"]         # and 2-layer context nets
         return d
 
     @staticmethod
@@ -50,6 +53,7 @@ class ModelConfig:
                 context_channels=int(d.get("context_channels", 0)),
                 channels=int(d.get("channels", 1)),
                 context_levels=int(d.get("context_levels", 1)),
+                context_layers=int(d.get("context_layers", 2)),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise ModelError(f"model config is incomplete or malformed ({e!r})") from None
@@ -78,6 +82,8 @@ class ModelConfig:
             raise ModelError("context_channels must be in 1..512 for arch 'ctx' and colour models, 0 otherwise")
         if not (1 <= self.context_levels <= 3) or (self.context_levels > 1 and self.arch != "ctx"):
             raise ModelError("context_levels must be in 1..3, and above 1 only for arch 'ctx'")
+        if not (1 <= self.context_layers <= 8) or (self.context_layers != 2 and not self.has_context):
+            raise ModelError("context_layers must be in 1..8, and differ from 2 only for context models")
         if self.has_context and self.likelihood == "logistic":
             raise ModelError("context and colour models support the bernoulli and gaussian likelihoods")
 

@@ -72,8 +72,10 @@ class ContextVAE(VAE):
         k, c, C = self.likelihood.params_per_pixel, cfg.context_channels, cfg.channels
         spatial = cfg.arch == "ctx"
         ks = 3 if spatial else 1
-        self.context = nn.Sequential(nn.Conv2d(C * (k + 2), c, ks, padding=ks // 2), nn.ReLU(),
-                                     nn.Conv2d(c, c, ks, padding=ks // 2), nn.ReLU(), nn.Conv2d(c, C * k, 1))
+        hidden = [nn.Conv2d(C * (k + 2), c, ks, padding=ks // 2), nn.ReLU()]
+        for _ in range(cfg.context_layers - 1):
+            hidden += [nn.Conv2d(c, c, ks, padding=ks // 2), nn.ReLU()]
+        self.context = nn.Sequential(*hidden, nn.Conv2d(c, C * k, 1))   # receptive field 2L+1 (3x3 convs)
         nn.init.zeros_(self.context[-1].weight)
         nn.init.zeros_(self.context[-1].bias)
         self.n_phases = (3 * cfg.context_levels + 1 if spatial else 1) * C

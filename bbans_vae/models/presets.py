@@ -15,6 +15,8 @@ Presets (one table, `PRESETS`; parameter counts from `count_parameters`, 28x28 i
 | ctx-8bit        | mlp-8bit + context net| 32 | discretized Gaussian, 4 ph| 1,738,130|
 | ctx7-bin        | ctx-bin, 2-level order| 32 | Bernoulli, 7 phases       | 1,345,025|
 | ctx7-8bit       | ctx-8bit, 2-level order| 32| discretized Gaussian, 7 ph| 1,738,130|
+| ctxw-bin        | ctx-bin, 4 context layers (9x9) | 32 | Bernoulli, 4 phases | 1,363,521|
+| ctxw-8bit       | ctx-8bit, 4 context layers (9x9)| 32 | discretized Gaussian, 4 ph | 1,756,626|
 | conv-bin        | 2 x 64 conv3x3 on 4x4 blocks | 4 per block | Bernoulli | 99,352|
 | conv-8bit       | 2 x 64 conv3x3 on 4x4 blocks | 4 per block | discretized Gaussian | 108,584|
 
@@ -60,6 +62,11 @@ PRESETS: dict[str, tuple[ModelConfig, str]] = {
     "ctx7-8bit": (ModelConfig(arch="ctx", pixel_kind="8bit", likelihood="gaussian", hidden=(500, 500),
                               latent_dim=32, context_channels=32, context_levels=2),
                   "ctx-8bit with a 2-level checkerboard: 7 phases, 1/16 of pixels without context"),
+    "ctxw-bin": (ModelConfig(arch="ctx", hidden=(500, 500), latent_dim=32, context_channels=32, context_layers=4),
+                 "ctx-bin with 4 conv3x3 context layers: a 9x9 receptive field instead of 5x5"),
+    "ctxw-8bit": (ModelConfig(arch="ctx", pixel_kind="8bit", likelihood="gaussian", hidden=(500, 500),
+                              latent_dim=32, context_channels=32, context_layers=4),
+                  "ctx-8bit with 4 conv3x3 context layers: a 9x9 receptive field instead of 5x5"),
     "conv-bin": (ModelConfig(arch="conv", hidden=(64, 64), latent_dim=4),
                  "any size: conv encoder/decoder (2x64 conv3x3 on 4x4 blocks), 4 latents per block, Bernoulli"),
     "conv-8bit": (ModelConfig(arch="conv", pixel_kind="8bit", likelihood="gaussian", hidden=(64, 64), latent_dim=4),
