@@ -123,27 +123,29 @@ def study_model(ref: str, args, out_root: Path) -> list[dict]:
     if args.train_images:
         train_x = train_x[G.random_subset(len(train_x), args.train_images, 0, G.SALT_TRAIN)]
     print(f"{ref}: {len(train_x)} training images, {len(test)} test images", flush=True)
-    # the AIGG reference: an encoder refit on the test images, until converged
-    ref_fit = G.refit_encoder(base, test, until_converged=True, tol=args.refit_tol, max_epochs=args.refit_max_epochs,
-                              state_dir=out / "refit-test")
     dev = args.device
 
     def elbo(model):
         return G.elbo_bits(G.on_device(model, dev), test, args.samples, device=dev)
 
     code_pick = G.random_subset(len(test), args.code_images, 0, G.SALT_SPLIT)
-    refit_elbo = per_image(out, "refit_test_elbo", lambda: elbo(ref_fit.model))
-    base_elbo = per_image(out, "baseline_test_elbo", lambda: elbo(base))
-    aigg_base = float((base_elbo - refit_elbo).mean() / dims)
     train_elbo_pick = G.random_subset(len(train_x), args.train_elbo_images, 0, G.SALT_TRAIN) \
         if args.train_elbo_images else None
     rows = []
     encoders = [("baseline", None, base)]
-    for variant in args.variants:
-        for seed in args.seeds:
+    for seed in args.seeds:  # seed-major, so one seed of every variant is done first
+        for variant in args.variants:
             fit = G.refit_encoder(base, train_x, args.epochs, seed=seed, state_dir=out / f"{variant}-seed{seed}",
                                   loss=rha_loss(variant), eval_every=max(1, args.epochs))
             encoders.append((variant, seed, fit.model))
+    # the AIGG reference: an encoder refit on the test images, until converged (after the fine-tunes,
+    # so that a finished refit of the same protocol, e.g. the seed study's, can be placed in
+    # out/refit-test meanwhile and is then just loaded)
+    ref_fit = G.refit_encoder(base, test, until_converged=True, tol=args.refit_tol, max_epochs=args.refit_max_epochs,
+                              state_dir=out / "refit-test")
+    refit_elbo = per_image(out, "refit_test_elbo", lambda: elbo(ref_fit.model))
+    base_elbo = per_image(out, "baseline_test_elbo", lambda: elbo(base))
+    aigg_base = float((base_elbo - refit_elbo).mean() / dims)
     for variant, seed, model in encoders:
         name = variant if seed is None else f"{variant}-seed{seed}"
         mine_elbo = per_image(out, f"{name}_test_elbo", lambda: elbo(model))
