@@ -55,7 +55,20 @@ def available(run: Path) -> dict[int, Path]:
         return {}
 
 
-def write_summary(run: Path, cfg: G.GapsConfig, done: list[int], data_dir, command: str) -> Path:
+def stored_epochs(run: Path, cfg: G.GapsConfig, data_dir) -> list[int]:
+    """Every checkpoint epoch whose record (for these settings and these weights) is in the store."""
+    out = []
+    for epoch, ckpt in sorted(available(run).items()):
+        config = read_config(ckpt)
+        sdir = G.store_dir(run, cfg, G.run_images(run, config, cfg, data_dir).info)
+        if G.load_record(sdir, epoch, config["weights_sha256"]):
+            out.append(epoch)
+    return out
+
+
+def write_summary(run: Path, cfg: G.GapsConfig, data_dir, command: str) -> Path:
+    """gaps.{json,csv,md,png} over every stored checkpoint, not only those of this invocation."""
+    done = stored_epochs(run, cfg, data_dir)
     res = G.run_gaps(run, dataclasses.replace(cfg, epochs=tuple(done)), data_dir=data_dir)
     res["command"] = command
     out = Path(res["store_dir"])
@@ -86,6 +99,8 @@ def main() -> None:
     ap.add_argument("--max-wait", type=float, default=24 * 3600.0, help="give up waiting after this many seconds")
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--dry-run", action="store_true", help="say what is done and what is left, measure nothing")
+    ap.add_argument("--summary", action="store_true",
+                    help="only rewrite gaps.{json,csv,md,png} from every stored checkpoint, measure nothing")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     run = Path(args.run)
@@ -95,6 +110,10 @@ def main() -> None:
     command = "python " + " ".join(sys.argv)
     log(f"seed study on {run}: epochs {wanted}; refit {G.refit_description(cfg)}; {args.threads} thread(s)")
 
+    if args.summary:
+        out = write_summary(run, cfg, args.data_dir, command)
+        log(f"wrote {out}/gaps.{{json,csv,md,png}} (epochs {stored_epochs(run, cfg, args.data_dir)})")
+        return
     done: list[int] = []
     for epoch in wanted:
         waited = 0.0
@@ -128,7 +147,7 @@ def main() -> None:
         log(render.header(cfg.code))
         log(render.row(rec))
         done.append(epoch)
-        out = write_summary(run, cfg, done, args.data_dir, command)
+        out = write_summary(run, cfg, args.data_dir, command)
         log(f"wrote {out}/gaps.{{json,csv,md,png}}")
     if not args.dry_run:
         log("finished" if len(done) == len(wanted) else f"stopped with {len(done)} of {len(wanted)} checkpoints done")

@@ -481,6 +481,14 @@ def test_seed_study_driver_resumes(tiny_run, real_data_root):
     res = json.loads((stores[0] / "gaps.json").read_text())
     assert [r["epoch"] for r in res["checkpoints"]] == [30] and "test_iwae_bpd" in res["checkpoints"][0]
     assert res["checkpoints"][0]["refit_epochs_run"] <= 4
+    # a later invocation for another checkpoint: its summary covers every stored checkpoint, not
+    # only the ones it measured itself
+    args15 = [a if a != "30,45" else "15" for a in args]
+    assert "epoch 15: measured" in _script("seed_study.py", *args15)
+    assert [r["epoch"] for r in json.loads((stores[0] / "gaps.json").read_text())["checkpoints"]] == [15, 30]
+    (stores[0] / "gaps.json").unlink()
+    assert "(epochs [15, 30])" in _script("seed_study.py", *args15, "--summary")
+    assert [r["epoch"] for r in json.loads((stores[0] / "gaps.json").read_text())["checkpoints"]] == [15, 30]
 
 
 @pytest.mark.slow
