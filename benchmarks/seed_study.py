@@ -55,28 +55,41 @@ def available(run: Path) -> dict[int, Path]:
         return {}
 
 
+def stored_records(run: Path, cfg: G.GapsConfig, data_dir) -> tuple[Path, dict, dict, list[dict]]:
+    """(store, images info, a checkpoint's config, every stored record for these settings), by epoch.
+
+    A record whose checkpoint is on disk counts only if it was measured on those weights; one whose
+    checkpoint is not (a later session, a pruned run: see seed_state.py) counts as it stands."""
+    ckpts = available(run)
+    config = read_config(next(iter(ckpts.values())))
+    images = G.run_images(run, config, cfg, data_dir)
+    sdir = G.store_dir(run, cfg, images.info)
+    recs = []
+    for p in sorted(sdir.glob("epoch_*.json")):
+        epoch = int(p.stem.split("_")[1])
+        sha = read_config(ckpts[epoch])["weights_sha256"] if epoch in ckpts else json.loads(p.read_text()).get(
+            "checkpoint_weights_sha256")
+        rec = G.load_record(sdir, epoch, sha)
+        if rec is not None:
+            recs.append({**rec, "from_store": True})
+    return sdir, images.info, config, recs
+
+
 def stored_epochs(run: Path, cfg: G.GapsConfig, data_dir) -> list[int]:
-    """Every checkpoint epoch whose record (for these settings and these weights) is in the store."""
-    out = []
-    for epoch, ckpt in sorted(available(run).items()):
-        config = read_config(ckpt)
-        sdir = G.store_dir(run, cfg, G.run_images(run, config, cfg, data_dir).info)
-        if G.load_record(sdir, epoch, config["weights_sha256"]):
-            out.append(epoch)
-    return out
+    return [r["epoch"] for r in stored_records(run, cfg, data_dir)[3]]
 
 
 def write_summary(run: Path, cfg: G.GapsConfig, data_dir, command: str) -> Path:
     """gaps.{json,csv,md,png} over every stored checkpoint, not only those of this invocation."""
-    done = stored_epochs(run, cfg, data_dir)
-    res = G.run_gaps(run, dataclasses.replace(cfg, epochs=tuple(done)), data_dir=data_dir)
+    sdir, info, config, recs = stored_records(run, cfg, data_dir)
+    res = G.assemble(run, dataclasses.replace(cfg, epochs=tuple(r["epoch"] for r in recs)), info, config, recs,
+                     sum(r.get("checkpoint_seconds") or 0.0 for r in recs), sdir)
     res["command"] = command
-    out = Path(res["store_dir"])
-    render.write_json(res, out / "gaps.json")
-    render.write_csv(res, out / "gaps.csv")
-    (out / "gaps.md").write_text(render.markdown(res) + "\n")
-    render.plot(res, out / "gaps.png")
-    return out
+    render.write_json(res, sdir / "gaps.json")
+    render.write_csv(res, sdir / "gaps.csv")
+    (sdir / "gaps.md").write_text(render.markdown(res) + "\n")
+    render.plot(res, sdir / "gaps.png")
+    return sdir
 
 
 def main() -> None:

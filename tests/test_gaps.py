@@ -491,6 +491,35 @@ def test_seed_study_driver_resumes(tiny_run, real_data_root):
     assert [r["epoch"] for r in json.loads((stores[0] / "gaps.json").read_text())["checkpoints"]] == [15, 30]
 
 
+def test_seed_state_carries_a_run_across_sessions(tiny_run, real_data_root, tmp_path):
+    """seed_state.py save keeps the resume state, the unmeasured wanted checkpoints and the
+    records; restore into a fresh tree gives a run whose summary still covers the measured
+    checkpoints (their weights are no longer there), and it refuses to go backwards."""
+    import shutil
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("gaps"))
+    args = ["--run", str(run), "--test-images", "100", "--train-eval-size", "100", "--split-images", "50",
+            "--iwae", "10", "--local-steps", "5", "--refit-max-epochs", "4", "--poll", "0.1", "--max-wait", "0.2",
+            "--data-dir", str(real_data_root)]
+    assert "epoch 30: measured" in _script("seed_study.py", *args, "--epochs", "30")
+    state, fresh = tmp_path / "state", tmp_path / "fresh"
+    out = _script("seed_state.py", "save", "--run", str(run), "--to", str(state), "--epochs", "15,30")
+    assert "checkpoints [15] not measured yet" in out
+    assert not (state / "checkpoints" / "epoch_0030").exists() and (state / "resume" / "optimizer.safetensors").is_file()
+    summary = next(run.glob("gaps/*/gaps.json"))
+    _script("seed_state.py", "restore", "--from", str(state), "--run", str(fresh), "--records", str(summary))
+    assert "(epochs [30])" in _script("seed_study.py", *args, "--run", str(fresh), "--summary")
+    # a run that is further along is not overwritten by an older state
+    cfg = json.loads((fresh / "resume" / "config.json").read_text())
+    (fresh / "resume" / "config.json").write_text(json.dumps({**cfg, "epoch": cfg["epoch"] + 1}))
+    import subprocess
+    import sys
+    from pathlib import Path
+    bad = subprocess.run([sys.executable, str(Path(__file__).resolve().parents[1] / "benchmarks" / "seed_state.py"),
+                          "restore", "--from", str(state), "--run", str(fresh)], capture_output=True, text=True)
+    assert bad.returncode != 0 and "newer than the saved" in bad.stderr
+
+
 @pytest.mark.slow
 def test_rha_study_tiny(tiny_run, real_data_root, tmp_path):
     out = _script("rha_study.py", "--tiny", "--models", str(tiny_run), "--data-dir", str(real_data_root),
