@@ -141,9 +141,16 @@ def study_model(ref: str, args, out_root: Path) -> list[dict]:
     # the AIGG reference: an encoder refit on the test images, until converged (after the fine-tunes,
     # so that a finished refit of the same protocol, e.g. the seed study's, can be placed in
     # out/refit-test meanwhile and is then just loaded)
-    ref_fit = G.refit_encoder(base, test, until_converged=True, tol=args.refit_tol, max_epochs=args.refit_max_epochs,
-                              state_dir=out / "refit-test")
-    refit_elbo = per_image(out, "refit_test_elbo", lambda: elbo(ref_fit.model))
+    # (its per-image -ELBO and length are kept, so a later invocation, e.g. for more seeds with the
+    # earlier ones' files restored from benchmarks/results, does not refit again)
+    ref_info = out / "refit_reference.json"
+    if not (ref_info.is_file() and (out / "refit_test_elbo.npy").is_file()):
+        ref_fit = G.refit_encoder(base, test, until_converged=True, tol=args.refit_tol,
+                                  max_epochs=args.refit_max_epochs, state_dir=out / "refit-test")
+        per_image(out, "refit_test_elbo", lambda: elbo(ref_fit.model))
+        write_json_atomic(ref_info, {"epochs": ref_fit.epochs, "converged": ref_fit.converged})
+    ref_meta = json.loads(ref_info.read_text())
+    refit_elbo = np.load(out / "refit_test_elbo.npy")
     base_elbo = per_image(out, "baseline_test_elbo", lambda: elbo(base))
     aigg_base = float((base_elbo - refit_elbo).mean() / dims)
     for variant, seed, model in encoders:
@@ -159,7 +166,7 @@ def study_model(ref: str, args, out_root: Path) -> list[dict]:
                "gain_se_bpd": gain_se / dims, "aigg_bpd": aigg, "aigg_se_bpd": G.stderr(mine_elbo - refit_elbo) / dims,
                "aigg_removed_share": (aigg_base - aigg) / aigg_base if aigg_base else None,
                "aigg_removed_share_se": (G.stderr(base_elbo - mine_elbo) / dims / aigg_base) if aigg_base else None,
-               "refit_reference_epochs": ref_fit.epochs, "refit_reference_converged": ref_fit.converged,
+               "refit_reference_epochs": ref_meta["epochs"], "refit_reference_converged": ref_meta["converged"],
                "n_code_images": len(code_pick)}
         if train_elbo_pick is not None:
             tr = per_image(out, f"{name}_train_elbo",
@@ -202,11 +209,30 @@ def summarise(rows: list[dict], refine: list[int]) -> list[dict]:
     return out
 
 
+# settings that must agree for rows of two invocations to be averaged together
+SAME = ("epochs", "test_images", "train_images", "code_images", "train_elbo_images", "refit_tol",
+        "refit_max_epochs", "samples", "chains", "refine", "variants")
+
+
+def earlier_rows(paths: list[Path], args) -> list[dict]:
+    rows = []
+    for p in paths:
+        res = json.loads(p.read_text())
+        differ = [k for k in SAME if res["settings"].get(k) != getattr(args, k)]
+        if differ:
+            sys.exit(f"{p}: settings {differ} differ from this invocation's; its rows cannot join the summary")
+        rows += res["rows"]
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", nargs="+", default=["mnist-bin-paper", "mnist-bin", "mnist-bin-ctx", "mnist-ctx"])
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
-    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--seeds", nargs="+", type=int, default=None, help="fine-tuning seeds (default 0 1 2)")
+    ap.add_argument("--with-rows", nargs="*", type=Path, default=[],
+                    help="results.json files of earlier invocations (other seeds, same settings): their rows join "
+                         "this run's in the rows and the summary")
     ap.add_argument("--epochs", type=int, default=100)
     ap.add_argument("--refine", nargs="*", type=int, default=[0, 2, 10])
     ap.add_argument("--code-images", type=int, default=1000,
@@ -229,9 +255,11 @@ def main() -> None:
     ap.add_argument("--tiny", action="store_true", help="smoke test: 200 train / 100 test images, 2 epochs, 1 seed")
     args = ap.parse_args()
     if args.tiny:
-        args.test_images, args.train_images, args.epochs, args.seeds = 100, 200, 2, [0]
+        args.test_images, args.train_images, args.epochs, args.seeds = 100, 200, 2, args.seeds or [0]
         args.refine, args.refit_max_epochs, args.samples, args.chains = [0, 2], 5, 2, 2
         args.train_elbo_images = 100
+    args.seeds = args.seeds or [0, 1, 2]
+    earlier = earlier_rows(args.with_rows, args)
     if args.code_seeds is None:
         args.code_seeds = list(args.seeds)
     torch.set_num_threads(args.threads)
@@ -240,8 +268,10 @@ def main() -> None:
     rows = []
     for ref in args.models:
         rows += study_model(ref, args, out)
-        result = {"command": "python " + " ".join(sys.argv), "settings": vars(args), "rows": rows,
-                  "summary": summarise(rows, args.refine), "seconds": time.time() - t0,
+        mine = {(r["model"], r["variant"], r["seed"]) for r in rows}
+        joined = rows + [r for r in earlier if (r["model"], r["variant"], r["seed"]) not in mine]
+        result = {"command": "python " + " ".join(sys.argv), "settings": {**vars(args), "with_rows": [
+                      str(p) for p in args.with_rows]}, "rows": joined, "summary": summarise(joined, args.refine), "seconds": time.time() - t0,
                   "machine": {"torch": torch.__version__, "platform": platform.platform(),
                               "torch_threads": torch.get_num_threads()}}
         write_json_atomic(out / args.results, result)

@@ -532,6 +532,15 @@ def test_rha_study_tiny(tiny_run, real_data_root, tmp_path):
             "--out", str(tmp_path / "rha"))
     assert json.loads((tmp_path / "rha" / "results.json").read_text())["rows"] == res["rows"]
     assert "wrote" in out and time.time() - t0 < 60
+    # another seed later, the first one's rows joined from its results file: one summary over both,
+    # the AIGG reference read back, not refit
+    (tmp_path / "rha" / "first.json").write_text((tmp_path / "rha" / "results.json").read_text())
+    _script("rha_study.py", "--tiny", "--seeds", "1", "--with-rows", str(tmp_path / "rha" / "first.json"),
+            "--models", str(tiny_run), "--data-dir", str(real_data_root), "--out", str(tmp_path / "rha"))
+    both = json.loads((tmp_path / "rha" / "results.json").read_text())
+    assert {(r["variant"], r["seed"]) for r in both["rows"]} >= {("rha-prior", 0), ("rha-prior", 1), ("control", 1)}
+    assert all(s["n_seeds"] == 2 for s in both["summary"] if s["variant"] != "baseline")
+    assert {r["refit_reference_epochs"] for r in both["rows"]} == {r["refit_reference_epochs"] for r in res["rows"]}
 
 
 def test_cli_gaps_same_numbers_for_every_worker_count(tiny_run, real_data_root, tmp_path):
