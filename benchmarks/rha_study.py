@@ -270,8 +270,9 @@ def main() -> None:
         rows += study_model(ref, args, out)
         mine = {(r["model"], r["variant"], r["seed"]) for r in rows}
         joined = rows + [r for r in earlier if (r["model"], r["variant"], r["seed"]) not in mine]
-        result = {"command": "python " + " ".join(sys.argv), "settings": {**vars(args), "with_rows": [
-                      str(p) for p in args.with_rows]}, "rows": joined, "summary": summarise(joined, args.refine), "seconds": time.time() - t0,
+        settings = {**vars(args), "with_rows": [str(p) for p in args.with_rows]}
+        result = {"command": "python " + " ".join(sys.argv), "settings": settings, "rows": joined,
+                  "summary": summarise(joined, args.refine), "seconds": time.time() - t0,
                   "machine": {"torch": torch.__version__, "platform": platform.platform(),
                               "torch_threads": torch.get_num_threads()}}
         write_json_atomic(out / args.results, result)
