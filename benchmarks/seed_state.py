@@ -6,8 +6,9 @@ seed, one thread: the retrained epoch-1..N losses equal the committed log to the
 the checkpoint weights hash equals the one in each stored record), so what must survive is only:
 
 * the resume state (newest weights + Adam moments, ~22 MB), so training continues where it was;
-* checkpoints of wanted epochs that are not measured yet (~7 MB each);
-* the stored records (JSON) of the checkpoints already measured.
+* checkpoints of wanted epochs that are not measured yet (~7 MB each).
+The records of the checkpoints already measured travel in the committed summary (gaps.json holds
+every record whole); `restore --records` puts them back into the run's store.
 
     python benchmarks/seed_state.py save --run runs/seed-full --to benchmarks/results/seed-study/state
     python benchmarks/seed_state.py restore --from benchmarks/results/seed-study/state --run runs/seed-full \\
@@ -63,13 +64,8 @@ def save(run: Path, dest: Path, wanted: list[int]) -> None:
         if epoch in wanted and epoch not in done:
             shutil.copytree(ckpt, dest / "checkpoints" / ckpt.name)
             kept.append(epoch)
-    for sdir in (run / "gaps").glob("*"):
-        for p in [sdir / "settings.json", *sdir.glob("epoch_*.json")]:
-            if p.is_file():
-                (dest / "gaps" / sdir.name).mkdir(parents=True, exist_ok=True)
-                shutil.copy2(p, dest / "gaps" / sdir.name / p.name)
-    print(f"saved {run} at epoch {resume_epoch(run)} to {dest}: checkpoints {kept} not measured yet; "
-          f"records {sorted(done)}")
+    print(f"saved {run} at epoch {resume_epoch(run)} to {dest}: checkpoints {kept} not measured yet "
+          f"(measured: {sorted(done)}; their records travel in the committed gaps.json)")
 
 
 def restore(src: Path, run: Path, records: list[Path]) -> None:
@@ -84,8 +80,6 @@ def restore(src: Path, run: Path, records: list[Path]) -> None:
     for ckpt in sorted((src / "checkpoints").glob("epoch_*")):
         if not (run / "checkpoints" / ckpt.name).exists():
             shutil.copytree(ckpt, run / "checkpoints" / ckpt.name)
-    if (src / "gaps").is_dir():
-        shutil.copytree(src / "gaps", run / "gaps", dirs_exist_ok=True)
     put_records(run, records)
     print(f"restored {run} at epoch {resume_epoch(run)}; records {sorted(measured(run))}")
 
