@@ -775,13 +775,15 @@ def _record_path(store: Path, epoch: int) -> Path:
     return store / f"epoch_{epoch:04d}.json"
 
 
-def load_record(store: Path, epoch: int, weights_sha256: str) -> dict | None:
-    """The stored record of `epoch`, if it is there and was measured on these weights."""
+def load_record(store: Path, epoch: int, weights_sha256: str | None) -> dict | None:
+    """The stored record of `epoch`, if it is there and was measured on these weights (None: on
+    whatever weights it names, for a checkpoint that is no longer on disk)."""
     p = _record_path(store, epoch)
     if not p.is_file():
         return None
     rec = json.loads(p.read_text())
-    if rec.get("format") != RECORD_FORMAT or rec.get("checkpoint_weights_sha256") != weights_sha256:
+    if rec.get("format") != RECORD_FORMAT or \
+            (weights_sha256 is not None and rec.get("checkpoint_weights_sha256") != weights_sha256):
         return None
     return rec
 

@@ -31,8 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from bbans_vae import gaps as G  # noqa: E402
 from bbans_vae.checkpoint import read_config, write_json_atomic  # noqa: E402
-
-DEFAULT_EPOCHS = [10, 50] + list(range(100, 1001, 100))
+from seed_study import DEFAULT_EPOCHS  # noqa: E402  (this script's folder is on sys.path)
 
 
 def resume_epoch(run: Path) -> int:
@@ -111,7 +110,7 @@ def main() -> None:
     s = sub.add_parser("save")
     s.add_argument("--run", type=Path, default=Path("runs/seed-full"))
     s.add_argument("--to", type=Path, required=True)
-    s.add_argument("--epochs", default=",".join(map(str, DEFAULT_EPOCHS)))
+    s.add_argument("--epochs", default=DEFAULT_EPOCHS, help="the study's wanted checkpoint epochs")
     r = sub.add_parser("restore")
     r.add_argument("--from", dest="src", type=Path, required=True)
     r.add_argument("--run", type=Path, default=Path("runs/seed-full"))

@@ -67,9 +67,7 @@ def stored_records(run: Path, cfg: G.GapsConfig, data_dir) -> tuple[Path, dict, 
     recs = []
     for p in sorted(sdir.glob("epoch_*.json")):
         epoch = int(p.stem.split("_")[1])
-        sha = read_config(ckpts[epoch])["weights_sha256"] if epoch in ckpts else json.loads(p.read_text()).get(
-            "checkpoint_weights_sha256")
-        rec = G.load_record(sdir, epoch, sha)
+        rec = G.load_record(sdir, epoch, read_config(ckpts[epoch])["weights_sha256"] if epoch in ckpts else None)
         if rec is not None:
             recs.append({**rec, "from_store": True})
     return sdir, images.info, config, recs
