@@ -13,7 +13,10 @@
 # Every checkpoint's result is kept in RUN/gaps/<hash>/ as it is measured: re-running resumes.
 # Several hours on one core (the refits dominate).
 #
-# Usage:  benchmarks/gaps_study.sh            (from the repository root; resumes runs)
+# Usage:  benchmarks/gaps_study.sh [train1000|train10000 ...]   (from the repository root; resumes
+#         runs; default both, one after the other). `vaecompress gaps` already measures one
+#         checkpoint per core (-j), so two studies at once share the cores; to finish one first,
+#         run the other under `nice -n 19`.
 # Env:    RUNS (default runs/), OUT (default benchmarks/results/gaps), VAECOMPRESS_DATA
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -35,9 +38,17 @@ study() {  # name train_size epochs save_every
     t0=$SECONDS
     "$VC" gaps "$RUNS/gaps-study-$name" "${GAPS_ARGS[@]}" \
         --json "$OUT/$name.json" --csv "$OUT/$name.csv" --plot "$OUT/$name.png"
+    cp "$(ls -t "$RUNS/gaps-study-$name"/gaps/*/gaps.md | head -n 1)" "$OUT/$name.md"  # the tables
     echo "   gaps in $((SECONDS - t0)) s"
 }
 
-study train1000 1000 500 50
-study train10000 10000 100 25
+NAMES=("$@")
+[ ${#NAMES[@]} -gt 0 ] || NAMES=(train1000 train10000)
+for name in "${NAMES[@]}"; do
+    case $name in
+        train1000)  study train1000 1000 500 50 ;;
+        train10000) study train10000 10000 100 25 ;;
+        *) echo "gaps_study.sh: unknown study '$name' (expected train1000 or train10000)" >&2; exit 2 ;;
+    esac
+done
 echo "== done ($(date -u +%FT%TZ)); results in $OUT/"
