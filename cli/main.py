@@ -787,9 +787,11 @@ def gaps(run_dir, refit_epochs, refit_until_converged, refit_tol, refit_max_epoc
             header_done.append(True)
         bar.write(R.row(rec) + ("  (stored)" if rec.get("from_store") else ""))
 
+    t_measure = time.time()
     if not no_store and default_workers(workers) > 1:
         _gaps_in_workers(rd, cfg, data_dir, default_workers(workers), on_stage)
     res = G.run_gaps(rd, cfg, data_dir=data_dir, on_stage=on_stage, on_checkpoint=on_checkpoint, store=not no_store)
+    res["total_seconds"] = time.time() - t_measure  # the workers' wall time too, not only the read-back
     bar.close()
     click.echo(R.notes(res))
     if res["split"]:
