@@ -9,11 +9,29 @@ import numpy as np
 from .render import write_json  # noqa: F401  (re-exported: the gaps writers in one place)
 
 
+def _decimals(se: float, digits: int) -> int:
+    """`digits`, or more (at most 3 more) until a nonzero SE shows one significant digit: "±0.0000"
+    would say the SE is zero."""
+    d = digits
+    while 0 < abs(se) < 0.5 * 10.0 ** -d and d < digits + 3:
+        d += 1
+    return d
+
+
 def _pm(r: dict, key: str, digits: int = 4) -> str:
     v, se = r.get(f"{key}_bpd"), r.get(f"{key}_se_bpd")
     if v is None:
         return "-"
-    return f"{v:.{digits}f}" if se is None or se != se else f"{v:.{digits}f}±{se:.{digits}f}"
+    if se is None or se != se:
+        return f"{v:.{digits}f}"
+    d = _decimals(se, digits)
+    return f"{v:.{d}f}±{se:.{d}f}"
+
+
+def _share(r: dict) -> str:
+    """AIGG/EGG ± SE in percent."""
+    d = _decimals(100 * r["aigg_share_of_egg_se"], 0)
+    return f"{100 * r['aigg_share_of_egg']:.{d}f}±{100 * r['aigg_share_of_egg_se']:.{d}f}%"
 
 
 def setting(result: dict) -> str:
@@ -85,7 +103,7 @@ def markdown(result: dict) -> str:
     for r in recs:
         out.append(f"| {r['epoch']} | {_pm(r, 'train_elbo')} | {_pm(r, 'test_elbo')} | {_pm(r, 'test_refit_elbo')} | "
                    f"{_pm(r, 'egg')} | {_pm(r, 'aigg')} | {_pm(r, 'gmgg')} | "
-                   f"{100 * r['aigg_share_of_egg']:.0f}±{100 * r['aigg_share_of_egg_se']:.0f}% | "
+                   f"{_share(r)} | "
                    f"{r.get('refit_epochs_run')} | {r.get('refit_converged')} "
                    f"(Δ {r.get('refit_rel_change_last10pct') or 0:.1e}) |")
     if recs and "egg_actual_bpd" in recs[0]:

@@ -351,6 +351,17 @@ def test_outputs_written(result, tmp_path):
     assert "seeded random 300 of the 10000 test images" in R.setting(result)
 
 
+def test_markdown_never_prints_a_nonzero_se_as_zero():
+    """An SE below the table's precision gets one significant digit (not "±0.0000" / "±0%"), and the
+    value is printed to the same precision."""
+    from vaecompress_cli import render_gaps as R
+    assert R._pm({"x_bpd": 0.0015, "x_se_bpd": 0.00004}, "x") == "0.00150±0.00004"
+    assert R._pm({"x_bpd": 0.1916, "x_se_bpd": 0.0008}, "x") == "0.1916±0.0008"
+    assert R._pm({"x_bpd": 0.2, "x_se_bpd": 0.0}, "x") == "0.2000±0.0000"
+    assert R._share({"aigg_share_of_egg": 0.347, "aigg_share_of_egg_se": 0.002}) == "34.7±0.2%"
+    assert R._share({"aigg_share_of_egg": 0.413, "aigg_share_of_egg_se": 0.053}) == "41±5%"
+
+
 def test_json_keys_snake_case_with_units(result):
     def keys(o):
         if isinstance(o, dict):
