@@ -38,7 +38,9 @@ study() {  # name train_size epochs save_every
     t0=$SECONDS
     "$VC" gaps "$RUNS/gaps-study-$name" "${GAPS_ARGS[@]}" \
         --json "$OUT/$name.json" --csv "$OUT/$name.csv" --plot "$OUT/$name.png"
-    cp "$(ls -t "$RUNS/gaps-study-$name"/gaps/*/gaps.md | head -n 1)" "$OUT/$name.md"  # the tables
+    local store  # the run's store for these settings, as the JSON just written names it
+    store=$("${VC%/vaecompress}/python" -c 'import json, sys; print(json.load(open(sys.argv[1]))["store_dir"])' "$OUT/$name.json")
+    cp "$store/gaps.md" "$OUT/$name.md"  # the tables
     echo "   gaps in $((SECONDS - t0)) s"
 }
 
