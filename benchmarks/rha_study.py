@@ -20,7 +20,8 @@ Measured per (model, variant, seed), on the test images (all, or a seeded random
     refinement needs it), every stream decoded and verified.
 Summary rows give the mean over seeds ± the standard error over seeds (and the mean paired
 per-image SE). Every finished piece is stored under --out as it is done (fine-tuned encoders as
-safetensors with their Adam state while they run), so re-running the same command resumes.
+safetensors with their Adam state while they run), so re-running the same command resumes. Processes for
+different seeds may share one --out (one per core): the AIGG reference is refit once, under a lock.
 
     python benchmarks/rha_study.py --models mnist-bin-paper runs/seed-full/checkpoints/epoch_1000 \
         mnist-bin mnist-bin-ctx mnist-ctx
@@ -32,6 +33,7 @@ Cost on one CPU core: ~2x a training epoch per RHA epoch (twice the batch), so 1
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import math
 import platform
@@ -143,12 +145,21 @@ def study_model(ref: str, args, out_root: Path) -> list[dict]:
     # out/refit-test meanwhile and is then just loaded)
     # (its per-image -ELBO and length are kept, so a later invocation, e.g. for more seeds with the
     # earlier ones' files restored from benchmarks/results, does not refit again)
+    # Processes for different seeds may share --out: the first to get here refits, the others wait
+    # for it (an exclusive lock on out/refit-reference.lock) and then load its result.
     ref_info = out / "refit_reference.json"
-    if not (ref_info.is_file() and (out / "refit_test_elbo.npy").is_file()):
-        ref_fit = G.refit_encoder(base, test, until_converged=True, tol=args.refit_tol,
-                                  max_epochs=args.refit_max_epochs, state_dir=out / "refit-test")
-        per_image(out, "refit_test_elbo", lambda: elbo(ref_fit.model))
-        write_json_atomic(ref_info, {"epochs": ref_fit.epochs, "converged": ref_fit.converged})
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "refit-reference.lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"{ref}: waiting for another process's refit reference ({out / 'refit-test'})", flush=True)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (ref_info.is_file() and (out / "refit_test_elbo.npy").is_file()):
+            ref_fit = G.refit_encoder(base, test, until_converged=True, tol=args.refit_tol,
+                                      max_epochs=args.refit_max_epochs, state_dir=out / "refit-test")
+            per_image(out, "refit_test_elbo", lambda: elbo(ref_fit.model))
+            write_json_atomic(ref_info, {"epochs": ref_fit.epochs, "converged": ref_fit.converged})
     ref_meta = json.loads(ref_info.read_text())
     refit_elbo = np.load(out / "refit_test_elbo.npy")
     base_elbo = per_image(out, "baseline_test_elbo", lambda: elbo(base))

@@ -554,6 +554,36 @@ def test_rha_study_tiny(tiny_run, real_data_root, tmp_path):
     assert {r["refit_reference_epochs"] for r in both["rows"]} == {r["refit_reference_epochs"] for r in res["rows"]}
 
 
+@pytest.mark.slow
+def test_rha_study_waits_for_another_process_refit_reference(tiny_run, real_data_root, tmp_path):
+    """Two processes on one --out: while one holds the refit reference's lock, the other waits
+    (and says so) instead of refitting into the same state directory; it finishes after the lock
+    is released."""
+    import fcntl
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "rha" / str(tiny_run).strip("/").replace("/", "_")
+    out.mkdir(parents=True)
+    with open(out / "refit-reference.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        proc = subprocess.Popen([sys.executable, str(root / "benchmarks" / "rha_study.py"), "--tiny", "--models",
+                                 str(tiny_run), "--data-dir", str(real_data_root), "--out", str(tmp_path / "rha")],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+        seen = []
+        for line in proc.stdout:
+            seen.append(line)
+            if "waiting for another process's refit reference" in line:
+                break
+        assert proc.poll() is None, "".join(seen)
+        assert not (out / "refit-test").exists()
+    rest = proc.stdout.read()
+    assert proc.wait(timeout=600) == 0, "".join(seen) + rest
+    assert (out / "refit_reference.json").is_file() and (tmp_path / "rha" / "results.json").is_file()
+
+
 def test_cli_gaps_same_numbers_for_every_worker_count(tiny_run, real_data_root, tmp_path):
     """--workers 2 measures the two checkpoints in two processes (into the store, read back): the
     same numbers as one process, the split at the last checkpoint included."""
