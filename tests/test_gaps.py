@@ -465,13 +465,18 @@ def test_train_threads(tmp_path, real_data_root, monkeypatch):
         real(before)
 
 
-def _script(name: str, *args: str) -> str:
-    import subprocess
+def _script_argv(name: str, *args: str) -> tuple[list[str], dict]:
+    """The command line and environment that run benchmarks/NAME with ARGS on one thread."""
     import sys
     from pathlib import Path
     root = Path(__file__).resolve().parents[1]
-    out = subprocess.run([sys.executable, str(root / "benchmarks" / name), *args], capture_output=True, text=True,
-                         env={**__import__("os").environ, "OMP_NUM_THREADS": "1"}, timeout=600)
+    return [sys.executable, str(root / "benchmarks" / name), *args], {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
+
+
+def _script(name: str, *args: str) -> str:
+    import subprocess
+    argv, env = _script_argv(name, *args)
+    out = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=600)
     assert out.returncode == 0, out.stdout + out.stderr
     return out.stdout
 
@@ -561,17 +566,13 @@ def test_rha_study_waits_for_another_process_refit_reference(tiny_run, real_data
     is released."""
     import fcntl
     import subprocess
-    import sys
-    from pathlib import Path
-    root = Path(__file__).resolve().parents[1]
     out = tmp_path / "rha" / str(tiny_run).strip("/").replace("/", "_")
     out.mkdir(parents=True)
+    argv, env = _script_argv("rha_study.py", "--tiny", "--models", str(tiny_run), "--data-dir", str(real_data_root),
+                             "--out", str(tmp_path / "rha"))
     with open(out / "refit-reference.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        proc = subprocess.Popen([sys.executable, str(root / "benchmarks" / "rha_study.py"), "--tiny", "--models",
-                                 str(tiny_run), "--data-dir", str(real_data_root), "--out", str(tmp_path / "rha")],
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
         seen = []
         for line in proc.stdout:
             seen.append(line)
