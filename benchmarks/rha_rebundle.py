@@ -51,7 +51,9 @@ def main() -> None:
         if state is not None:
             model.encoder.load_state_dict(load_file(str(state / G.REFIT_ENCODER)))
             st = json.loads((state / G.REFIT_STATE).read_text())
-            meta.update(note=f"{args.model} with the encoder of {name} ({st['epochs']} epochs; {st.get('trained_on')})",
+            # gpu_study states say what they were trained on; rha_study states are named by their dir
+            trained_on = f"; {st['trained_on']}" if "trained_on" in st else ""
+            meta.update(note=f"{args.model} with the encoder of {name} ({st['epochs']} epochs{trained_on})",
                         encoder_from=str(state), encoder_epochs=st["epochs"])
             meta.pop("weights_sha256", None)
             meta = save_checkpoint(Path(args.out) / f"{args.model}-{name}", model, meta)
