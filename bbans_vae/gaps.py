@@ -568,7 +568,7 @@ def coded_bits(model: VAE, images: np.ndarray, chains: int, latent_bits: int, co
     with `per_image`, each image's code length at its coded latent (`ideal_per_image`, bits; the
     same stream encoded once more, since one ANS stream does not split per image), timings."""
     from .ans.refine import DEFAULT_REFINE_LR
-    from .pipeline import compress, decompress, make_coder_backend
+    from .pipeline import compress, decompress, lr_e4, make_coder_backend
     sha = sha256_hex or hashlib.sha256(name.encode()).hexdigest()
     images = np.ascontiguousarray(images)
     t0 = time.perf_counter()
@@ -583,7 +583,7 @@ def coded_bits(model: VAE, images: np.ndarray, chains: int, latent_bits: int, co
            "verified": True, "encode_seconds": t1 - t0, "decode_seconds": time.perf_counter() - t1}
     if per_image:
         backend = make_coder_backend(rep["coder_path"], model, latent_bits, refine_steps,
-                                     int(round(DEFAULT_REFINE_LR * 1e4)) if refine_steps else 0)
+                                     lr_e4(DEFAULT_REFINE_LR) if refine_steps else 0)
         enc = encode_images(model, images, rep["chains"], latent_bits, backend=backend)
         if enc.payload_bits != rep["payload_bits"]:
             raise VaeCompressError("gaps: encoding the same images twice gave different streams")

@@ -49,6 +49,11 @@ def default_coder_path(model: VAE, refine_steps: int = 0) -> str:
     return DEFAULT_CODER_PATH if model.cfg.arch in EXACT_ARCHS and not refine_steps else "float32"
 
 
+def lr_e4(refine_lr: float) -> int:
+    """The refinement step size as the container stores it: an integer in units of 1e-4."""
+    return int(round(refine_lr * 1e4))
+
+
 def make_coder_backend(coder_path: str, model: VAE, latent_bits: int, refine_steps: int = 0,
                        refine_lr_e4: int = 0, batch_split: int | None = None):
     """The backend for a header's coder_path: "float32" (this machine's kernels) or "exact"
@@ -236,7 +241,7 @@ def compress(model: VAE, model_name: str, model_sha256_hex: str, pixels: np.ndar
     if start not in START_MODES:
         raise InputError(f"unknown start mode {start!r}; choose {', '.join(START_MODES)}")
     cheap_start = start == "cheap" or (start == "auto" and N <= C)
-    refine_lr_e4 = int(round(refine_lr * 1e4))
+    refine_lr_e4 = lr_e4(refine_lr)
     if refine_steps and not 1 <= refine_lr_e4 <= 100_000:
         raise InputError("the refinement step size must be in 0.0001..10")
     if ENGINE not in ENGINES:

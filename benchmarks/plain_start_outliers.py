@@ -33,7 +33,8 @@ from bbans_vae import gaps as G  # noqa: E402
 from bbans_vae.ans import chains as CH  # noqa: E402
 from bbans_vae.checkpoint import load_model  # noqa: E402
 from bbans_vae.data import load_dataset  # noqa: E402
-from bbans_vae.pipeline import make_coder_backend  # noqa: E402
+from bbans_vae.ans.refine import DEFAULT_REFINE_LR  # noqa: E402
+from bbans_vae.pipeline import lr_e4, make_coder_backend  # noqa: E402
 
 MODES = ("argmax", "random-start", "mean-bucket")
 
@@ -72,6 +73,9 @@ def main() -> None:
     model.eval()
     test = load_dataset(config["dataset"], "test")
     images = np.ascontiguousarray(test[G.random_subset(len(test), 1000, 0, G.SALT_SPLIT)][:args.images])
+    # the backend rha_study's K > 0 files use (gaps.coded_bits): float32, default step size
+    backend = make_coder_backend("float32", model, CH.DEFAULT_LATENT_BITS, args.refine,
+                                 lr_e4(DEFAULT_REFINE_LR) if args.refine else 0)
     original = CH.posterior_codec
     for mode in MODES:
         pops: list = []
@@ -79,9 +83,8 @@ def main() -> None:
         words = None if mode != "random-start" else [
             np.random.default_rng(c).integers(0, 2**32, 64, dtype=np.uint64).astype(np.uint32)
             for c in range(args.chains)]
-        backend = make_coder_backend("float32", model, 8, args.refine, 200 if args.refine else 0)
         try:
-            bits = CH.encode_images(model, images, args.chains, 8, backend=backend, start_words=words).ideal_bits
+            bits = CH.encode_images(model, images, args.chains, CH.DEFAULT_LATENT_BITS, backend=backend, start_words=words).ideal_bits
         finally:
             CH.posterior_codec = original
         zero_mass = []

@@ -467,10 +467,11 @@ def test_train_threads(tmp_path, real_data_root, monkeypatch):
 
 def _script_argv(name: str, *args: str) -> tuple[list[str], dict]:
     """The command line and environment that run benchmarks/NAME with ARGS on one thread."""
+    import os
     import sys
     from pathlib import Path
     root = Path(__file__).resolve().parents[1]
-    return [sys.executable, str(root / "benchmarks" / name), *args], {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
+    return [sys.executable, str(root / "benchmarks" / name), *args], {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 def _script(name: str, *args: str) -> str:
